@@ -1,0 +1,328 @@
+"""Every setting of the project: one frozen `Config` with defaults and one-line descriptions.
+
+Resolution order: defaults -> optional YAML file (`config=path.yaml`) -> command-line `key=value`
+overrides -> dataset preset for every value left at None.  Values parse as YAML scalars/lists
+(`cube_mm=[250,250,250]`, `lr=1e-3`, `resume=true`).  Choices match case-insensitively.
+
+Units are part of the names: `*_mm` millimetres, `*_nu` normalized units (1 nu = cube/2 mm),
+`*_deg` degrees.  Thresholds given in mm are converted per sample with that sample's cube.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PHASES = ("train", "test", "score", "export")
+TRAIN_STAGES = ("pretrain", "transfer", "finetune", "supervised")
+DATASETS = ("simreal", "nyu", "icvl", "msra")
+NETS = ("tiny", "resnet18")
+
+
+def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A config field with its description (and allowed values)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, "choices": choices})
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """Camera, image size, cube, joint set and schedule of one dataset (datasets.md 1.1-1.2)."""
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    image_width: int
+    image_height: int
+    cube_mm: tuple[float, float, float]
+    joint_set: str
+    epochs: int
+    lr_step_epochs: int
+    synth_depth_range_mm: tuple[float, float]
+    mirror: bool = False
+
+
+DATASET_PRESETS = {
+    "nyu": DatasetPreset(588.03, 587.07, 320.0, 240.0, 640, 480, (250.0,) * 3, "nyu", 15, 10, (500.0, 1200.0)),
+    "simreal": DatasetPreset(588.03, 587.07, 320.0, 240.0, 640, 480, (250.0,) * 3, "nyu", 15, 10, (500.0, 1200.0)),
+    "icvl": DatasetPreset(240.99, 240.96, 160.0, 120.0, 320, 240, (200.0,) * 3, "icvl", 8, 4, (150.0, 600.0), mirror=True),
+    "msra": DatasetPreset(241.42, 241.42, 160.0, 120.0, 320, 240, (200.0,) * 3, "msra", 10, 5, (150.0, 600.0)),
+}
+MSRA_SUBJECT_CUBES_MM = (200.0, 200.0, 200.0, 180.0, 180.0, 180.0, 170.0, 160.0, 150.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    # ---- run control -------------------------------------------------------------------------
+    phase: str = opt("train", "what to do: train a stage, test a model, score a prediction file, export skeletons", PHASES)
+    train_stage: str = opt("pretrain", "training stage when phase=train", TRAIN_STAGES)
+    config: str = opt("", "optional YAML file of settings, applied before command-line overrides")
+    dataset: str = opt("simreal", "target dataset; simreal = generated real-like set in NYU format", DATASETS)
+    data_root: str = opt("", "dataset root folder; empty = data/<dataset>")
+    out_dir: str = opt("", "run folder for checkpoints, logs and results; empty = checkpoints/<dataset>_<stage or phase>")
+    device: str = opt("auto", "compute device: auto (cuda if available), cpu or cuda", ("auto", "cpu", "cuda"))
+    seed: int = opt(0, "random seed of the run (model init, sampling, augmentation)")
+    num_workers: int = opt(2, "DataLoader worker processes")
+    batch_size: int = opt(32, "samples per batch (per process under torchrun); finetuning uses this many real + synthetic")
+    resume: bool = opt(False, "continue the run in out_dir from its latest checkpoint")
+    load_model: str = opt("", "checkpoint to initialise from (train) or to evaluate/export (test, export)")
+    transfer_net: str = opt("", "frozen sim-to-real translator checkpoint applied to synthetic crops; empty = none")
+    amp: str = opt("none", "autocast for the network on CUDA", ("none", "bf16", "fp16"))
+    compile: bool = opt(False, "wrap the network in torch.compile")
+    log_interval: int = opt(20, "steps between scalar logs")
+    image_log_interval: int = opt(500, "steps between TensorBoard image logs (0 = never)")
+    val_interval: int = opt(0, "steps between validations; 0 = once per epoch")
+    progress: bool = opt(True, "show tqdm progress bars")
+
+    # ---- schedule ----------------------------------------------------------------------------
+    epochs: int | None = opt(None, "training epochs; None = dataset preset")
+    lr_step_epochs: int | None = opt(None, "StepLR period in epochs; None = dataset preset")
+    max_steps: int = opt(0, "stop after this many optimizer steps (0 = run all epochs)")
+    synth_epoch_size: int = opt(100_000, "synthetic samples that make one pretraining epoch")
+    lr: float = opt(1e-3, "AdamW learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    lr_gamma: float = opt(0.1, "StepLR decay factor")
+    val_fraction: float = opt(0.05, "fraction of the training frames held out for validation")
+    val_size: int = opt(256, "held-out synthetic samples used to validate pretraining")
+
+    # ---- network -----------------------------------------------------------------------------
+    net: str = opt("resnet18", "backbone: resnet18 (the paper's) or tiny (same heads, fewer channels)", NETS)
+    stage_num: int = opt(2, "1 = single stage, 2 = with the rendering-fed refinement stage", (1, 2))
+    map_size: int = opt(64, "side of the dense offset/heat maps")
+    kernel_radius_nu: float = opt(0.8, "dense-map kernel radius kappa (nu)")
+    softmax_temperature: float = opt(30.0, "temperature of the heat-map softmax when decoding joints")
+    fg_threshold_nu: float = opt(0.99, "normalized depth below which a pixel is hand/foreground")
+
+    # ---- hand model --------------------------------------------------------------------------
+    mano_path: str = opt("MANO/MANO_RIGHT.pkl", "official MANO right-hand model (.pkl or converted .npz)")
+    hand_model: str = opt("auto", "auto = MANO if the file exists else the generated stand-in hand", ("auto", "mano", "standin"))
+
+    # ---- dataset -----------------------------------------------------------------------------
+    fx: float | None = opt(None, "focal length x (px); None = dataset preset")
+    fy: float | None = opt(None, "focal length y (px, positive, y down); None = dataset preset")
+    cx: float | None = opt(None, "principal point x (px); None = dataset preset")
+    cy: float | None = opt(None, "principal point y (px); None = dataset preset")
+    image_width: int | None = opt(None, "sensor image width (px); None = dataset preset")
+    image_height: int | None = opt(None, "sensor image height (px); None = dataset preset")
+    cube_mm: list | None = opt(None, "crop cube edge lengths [x, y, z] in mm; None = dataset preset")
+    mirror: bool | None = opt(None, "mirror images about cx to a right hand (ICVL); None = dataset preset")
+    nyu_view: int = opt(1, "NYU Kinect view (1 = frontal, the benchmark view)", (1, 2, 3))
+    nyu_subject2_first_index: int = opt(2440, "first 0-based NYU test frame of the unseen subject 2")
+    nyu_subject2_cube_scale: float = opt(5.0 / 6.0, "cube scale for NYU test subject 2 frames")
+    msra_test_subject: int = opt(0, "MSRA leave-one-subject-out test subject P0..P8", tuple(range(9)))
+    center_file_train: str = opt("", "refined-centre file for training frames; empty = the dataset's default location")
+    center_file_test: str = opt("", "refined-centre file for test frames; empty = the dataset's default location")
+    max_frames: int = opt(0, "use only the first N frames of each split (0 = all)")
+    aug_center_shift_mm: float = opt(10.0, "real-crop augmentation: centre shift range +- per axis (mm)")
+    aug_cube_scale: float = opt(0.2, "real-crop augmentation: cube scale range +-")
+    aug_rotation_deg: float = opt(180.0, "real-crop augmentation: in-plane rotation range +- (degrees)")
+    augment: bool = opt(True, "augment real training crops (rot / com / sc / none)")
+
+    # ---- synthetic hands ---------------------------------------------------------------------
+    synth_depth_range_mm: list | None = opt(None, "synthetic hand depth range [min, max] (mm); None = dataset preset")
+    synth_center_jitter_mm: float = opt(20.0, "synthetic crop-centre jitter +- per axis (mm)")
+    synth_cube_scale_range: list = opt([0.8, 1.2], "synthetic cube scale range")
+    synth_shape_noise: float = opt(3.0, "std of the Gaussian noise added to shape coefficients")
+    synth_off_axis: bool = opt(False, "place synthetic hands anywhere in the image (not only on the optical axis)")
+    synth_rotation: str = opt("auto", "view rotation: auto (none in pretraining, original in finetuning), none, original (axis-angle U[0,2pi)^3), so3 (uniform)", ("auto", "none", "original", "so3"))
+    synth_occlusion: bool = opt(True, "carve random spherical occluders around joints")
+    synth_occluders_min: int = opt(3, "fewest occluders per sample")
+    synth_occluders_max: int = opt(9, "most occluders per sample")
+    synth_occluder_jitter_nu: float = opt(0.15, "occluder centre jitter +- around its joint (nu)")
+    synth_occluder_radius_nu: float = opt(0.3, "largest occluder radius (nu)")
+    synth_occlusion_per_sample: bool = opt(True, "draw occluded joints per sample (False: per batch, as the original)")
+    synth_pose_file: str = opt("", "optional .npy/.txt of 62-value source-space pose rows; empty = pose sampler")
+
+    # ---- losses (weights; spec 10.2-10.4) ----------------------------------------------------
+    huber_delta_nu: float = opt(0.01, "Huber transition (nu); 100*H is L1 above it")
+    w_maps: float = opt(1.0, "weight: dense maps")
+    w_pwe_joints: float = opt(100.0, "weight: decoded pixel-branch joints")
+    w_mpe_joints: float = opt(100.0, "weight: model-branch joints")
+    w_mpe_verts: float = opt(100.0, "weight: model-branch vertices")
+    w_shape_prior: float = opt(1000.0, "weight: shape prior mean(beta^2) in pretraining")
+    w_scale: float = opt(0.1, "weight: positive-scale penalty in pretraining")
+    w_collision: float = opt(1.0, "weight: sphere collision prior")
+    w_render: float = opt(0.1, "weight: rendered-vs-observed depth residual")
+    w_data_mesh: float = opt(1.0, "weight: point-to-mesh distance")
+    w_part_mesh: float = opt(1.0, "weight: part-aware point-to-mesh distance")
+    w_pixel_to_model: float = opt(100.0, "weight: pixel branch teaches model branch")
+    w_model_to_pixel: float = opt(100.0, "weight: model branch teaches pixel branch on reliable joints")
+    w_distill: float = opt(1.0, "multiplier of the stage-2 -> stage-1 distillation terms")
+
+    # ---- self-supervised fitting (mm, converted per sample with the cube) --------------------
+    handbox_xy_margin_mm: float = opt(25.0, "hand box margin around the joints in x and y (mm)")
+    handbox_far_margin_mm: float = opt(20.0, "hand box margin beyond the farthest joint (mm)")
+    handbox_near_margin_mm: float = opt(40.0, "hand box margin toward the camera from the nearest joint (mm)")
+    num_points: int = opt(2048, "points sampled from a crop for point-to-mesh losses")
+    reliability_depth_mm: float = opt(5.0, "model->pixel: mean depth residual below this (mm; 0.04 nu at cube 250)")
+    reliability_fit_rms_mm: float = opt(3.953, "model->pixel: RMS point-to-mesh residual below this (mm; 1e-3 nu^2 at cube 250)")
+    reliability_min_bone_points: int = opt(0, "bones with fewer labelled points are unreliable (0 = original: empty bones count as reliable)")
+    palm_radius_offset_mm: float = opt(6.25, "palm-line sphere radius = wrist radius minus this (mm)")
+    palm_radius_min_mm: float = opt(1.25, "palm-line sphere radius lower clamp (mm)")
+    palm_radius_max_mm: float = opt(50.0, "palm-line sphere radius upper clamp (mm)")
+    collision_gate_mm: float = opt(12.5, "a sample whose summed sphere penetration reaches this contributes 0 (mm)")
+    collision_mode: str = opt("gated", "gated (original) or clipped (per-sample sum clipped at the gate)", ("gated", "clipped"))
+
+    # ---- outputs -----------------------------------------------------------------------------
+    pred_file: str = opt("", "phase=score: prediction file (u v d per joint per line)")
+    gt_file: str = opt("", "phase=score: ground-truth file in the same format")
+    save_meshes: bool = opt(False, "test/export: write OBJ meshes of the predicted hands")
+    save_overlays: int = opt(16, "test/export: number of overlay images to write")
+
+    # ------------------------------------------------------------------------------------------
+    def preset(self) -> DatasetPreset:
+        return DATASET_PRESETS[self.dataset]
+
+    def resolved(self) -> "Config":
+        """Fill every None with the dataset preset and derive out_dir."""
+        p, upd = self.preset(), {}
+        for name in ("fx", "fy", "cx", "cy", "image_width", "image_height", "epochs", "lr_step_epochs", "mirror"):
+            if getattr(self, name) is None:
+                upd[name] = getattr(p, name)
+        if self.cube_mm is None:
+            cube = list(p.cube_mm)
+            if self.dataset == "msra":
+                cube = [MSRA_SUBJECT_CUBES_MM[self.msra_test_subject]] * 3
+            upd["cube_mm"] = cube
+        if self.synth_depth_range_mm is None:
+            upd["synth_depth_range_mm"] = list(p.synth_depth_range_mm)
+        if not self.data_root:
+            upd["data_root"] = f"data/{self.dataset}"
+        if not self.out_dir:
+            what = self.train_stage if self.phase == "train" else self.phase
+            upd["out_dir"] = f"checkpoints/{self.dataset}_{what}"
+        return dataclasses.replace(self, **upd)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+class ConfigError(ValueError):
+    """A bad key or value; the message is one line naming key, value and valid choices."""
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    f = _fields()[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    choices = f.metadata.get("choices")
+    if isinstance(value, str) and isinstance(default, str) or (choices and isinstance(value, str)):
+        value = value.strip()
+        if choices and all(isinstance(c, str) for c in choices):
+            low = value.lower()
+            if low not in choices:
+                hint = difflib.get_close_matches(low, choices, n=1)
+                tip = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise ConfigError(f"invalid value for {name}: '{value}'; valid choices: {', '.join(choices)}{tip}")
+            return low
+    if value is None:
+        if f.type.endswith("None"):
+            return None
+        raise ConfigError(f"invalid value for {name}: None; expected {f.type}")
+    expected = type(default) if default is not None else {"int": int, "float": float, "list": list, "bool": bool}[
+        f.type.split("|")[0].strip()]
+    if expected in (int, float) and isinstance(value, str):
+        try:  # YAML reads '1e-4' as a string
+            value = float(value) if expected is float else int(value)
+        except ValueError:
+            raise ConfigError(f"invalid value for {name}: '{value}'; expected {expected.__name__}") from None
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"invalid value for {name}: '{value}'; expected true or false")
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if expected is list and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value] * 3 if name == "cube_mm" else [value]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"invalid value for {name}: '{value}'; expected {expected.__name__}")
+    if expected is list and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"invalid value for {name}: '{value}'; expected a list of numbers")
+    if choices and value not in choices:
+        raise ConfigError(f"invalid value for {name}: '{value}'; valid choices: {', '.join(map(str, choices))}")
+    return value
+
+
+def _check_key(key: str) -> str:
+    names = _fields()
+    k = key.strip().lower().replace("-", "_")
+    if k not in names:
+        hint = difflib.get_close_matches(k, list(names), n=1)
+        tip = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(f"unknown config key '{key}'{tip}; see --help for the list")
+    return k
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`key=value` strings -> {key: parsed value} (YAML scalar/list syntax)."""
+    out = {}
+    for a in args:
+        if "=" not in a:
+            raise ConfigError(f"argument '{a}' is not key=value; see --help")
+        key, raw = a.split("=", 1)
+        k = _check_key(key.lstrip("-"))
+        try:
+            out[k] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[k] = raw
+        if isinstance(out[k], (int, float, list, bool)) or out[k] is None:
+            f = _fields()[k]
+            if f.type == "str":  # e.g. run names made of digits stay strings
+                out[k] = raw
+    return out
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value")
+    return {_check_key(k): v for k, v in data.items()}
+
+
+def make_config(args: list[str] | None = None, **overrides: Any) -> Config:
+    """Defaults -> YAML (config=...) -> `key=value` args -> keyword overrides -> presets."""
+    values = parse_overrides(list(args or []))
+    values.update({_check_key(k): v for k, v in overrides.items()})
+    merged = load_yaml(values["config"]) if values.get("config") else {}
+    merged.update(values)
+    return Config(**{k: _coerce(k, v) for k, v in merged.items()}).resolved()
+
+
+def help_text() -> str:
+    lines = ["usage: python train_render.py [key=value ...]", "", "settings (default: description):"]
+    for f in dataclasses.fields(Config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        extra = f" [{'|'.join(map(str, choices))}]" if choices else ""
+        lines.append(f"  {f.name}={default!r}{extra}\n      {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def config_from_cli(argv: list[str]) -> Config:
+    """Parse argv; print help and exit 0 on --help, one error line and exit 2 on bad input."""
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(help_text())
+        sys.exit(0)
+    try:
+        return make_config(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,46 @@
+"""Single entry point: `python train_render.py [key=value ...]` (see --help).
+
+phase=train  train_stage=pretrain|transfer|finetune|supervised
+phase=test   evaluate load_model=... on the dataset's test split
+phase=score  score pred_file=... against gt_file=... with the public scorer's rules
+phase=export run a model on depth frames / gesture datasets and write skeletons
+
+With no arguments at all it runs the quickstart demo: configs/quickstart.yaml (pretraining of the
+tiny network on synthetic stand-in hands) followed by its evaluation on the generated real-like set.
+Works under torchrun for multi-GPU training.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from config import Config, config_from_cli
+
+QUICKSTART = ["config=configs/quickstart.yaml"]
+
+
+def run(cfg: Config) -> dict:
+    """Dispatch to the stage or phase module; each exposes `run(cfg) -> dict`."""
+    if cfg.phase == "train":
+        module = {"pretrain": "stages.pretrain", "supervised": "stages.pretrain",
+                  "transfer": "stages.transfer", "finetune": "stages.finetune"}[cfg.train_stage]
+    else:
+        module = {"test": "stages.evaluate", "score": "stages.score", "export": "stages.export"}[cfg.phase]
+    return importlib.import_module(module).run(cfg)
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("No arguments: running the quickstart demo (python train_render.py config=configs/quickstart.yaml,\n"
+              "then phase=test on its checkpoint). See `python train_render.py --help` for every setting.")
+        cfg = config_from_cli(QUICKSTART)
+        run(cfg)
+        test_cfg = config_from_cli(QUICKSTART + ["phase=test", f"load_model={cfg.out_dir}/latest.pt"])
+        run(test_cfg)
+        return 0
+    run(config_from_cli(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
