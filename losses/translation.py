@@ -1,0 +1,113 @@
+"""Consis-CycleGAN losses (spec 9.2): LSGAN, cycle, identity, foreground-depth and pose consistency.
+
+All inputs are normalized depth crops (B, 1, S, S) in [-1, 1] with background +1 unless stated.
+Weights (lambda) are applied by the caller (stages/transfer.py) from the Config; these functions
+return unweighted means.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+# ---- adversarial (least squares) ------------------------------------------------------------
+def lsgan_generator_loss(pred_fake: Tensor) -> Tensor:
+    """Generator side: mean((D(G(x)) - 1)^2) over the patch scores (B, 1, P, P) -> scalar."""
+    return ((pred_fake - 1.0) ** 2).mean()
+
+
+def lsgan_discriminator_loss(pred_real: Tensor, pred_fake: Tensor) -> Tensor:
+    """Discriminator side: 0.5 * (mean((D(real) - 1)^2) + mean(D(fake)^2)) -> scalar."""
+    return 0.5 * (((pred_real - 1.0) ** 2).mean() + (pred_fake ** 2).mean())
+
+
+# ---- reconstruction ---------------------------------------------------------------------------
+def cycle_loss(reconstructed: Tensor, original: Tensor) -> Tensor:
+    """||G_B(G_A(x)) - x||_1 mean over pixels (B, 1, S, S) -> scalar."""
+    return (reconstructed - original).abs().mean()
+
+
+def identity_loss(mapped: Tensor, original: Tensor) -> Tensor:
+    """||G(x) - x||_1 mean over pixels for x already in G's output domain -> scalar."""
+    return (mapped - original).abs().mean()
+
+
+# ---- foreground-depth consistency -------------------------------------------------------------
+def erode_mask(mask: Tensor, px: int) -> Tensor:
+    """Binary erosion of a boolean mask (B, 1, H, W) by `px` pixels (square 3x3 steps); px=0 is identity.
+
+    Pixels outside the image count as not-mask, so the hand shrinks at the crop border too.
+    """
+    m = mask.float()
+    for _ in range(px):
+        m = -F.max_pool2d(-F.pad(m, (1, 1, 1, 1), value=0.0), 3, stride=1)
+    return m > 0.5
+
+
+def hand_mask(x: Tensor, fg_threshold: float, erode_px: int = 0) -> Tensor:
+    """Synthetic hand mask H = {p: x(p) < fg_threshold}, optionally eroded: (B, 1, S, S) bool."""
+    return erode_mask(x < fg_threshold, erode_px)
+
+
+def masked_l1(a: Tensor, b: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
+    """sum_{p in mask} |a - b| / count (default |mask|); 0 (with gradient graph) for an empty mask."""
+    n = mask.sum() if count is None else count
+    total = ((a - b).abs() * mask.to(a.dtype)).sum()
+    return total / n.clamp(min=1).to(a.dtype)
+
+
+def foreground_consistency(translated: Tensor, source: Tensor, fg_threshold: float,
+                           erode_px: int = 0) -> Tensor:
+    """L_fg (unweighted): mean |G_A(x_s) - x_s| over the synthetic hand mask H of x_s -> scalar.
+
+    translated, source (B, 1, S, S).  Exactly 0 when the generator keeps every hand pixel, whatever
+    it does off the mask (background, sensor artefacts, eroded edge pixels).
+    """
+    mask = hand_mask(source, fg_threshold, erode_px)
+    return masked_l1(translated, source, mask)
+
+
+def symmetric_foreground_consistency(translated: Tensor, source: Tensor, fg_threshold: float) -> Tensor:
+    """Symmetric option for G_B (real -> synthetic): residual over pixels foreground in BOTH x_r and
+    G_B(x_r), divided by the count of the union -> scalar.  Lets G_B remove clutter (pixels leaving
+    the foreground are not penalised) but not reshape the pixels that stay."""
+    fg_src = source < fg_threshold
+    fg_out = translated.detach() < fg_threshold
+    return masked_l1(translated, source, fg_src & fg_out, (fg_src | fg_out).sum())
+
+
+# ---- pose consistency ---------------------------------------------------------------------------
+def pose_consistency(maps: Tensor, reference: Tensor, joints_uvd: Tensor, kappa: float,
+                     temperature: float, delta: float, fg_threshold: float) -> Tensor:
+    """L_pose (unweighted, includes the spec's factor 100): 100 * H(decode(maps, reference), J_uvd).
+
+    maps (B, 4J, F, F) predicted by a frozen pose network on G_A(x_s); reference = the clean crop x_s
+    (B, 1, S, S) used to decode (spec 5.3); joints_uvd (B, J, 3) synthetic labels (nu).  Gradients
+    reach G_A through the maps only (the pose network's parameters are frozen by the caller).
+    """
+    from losses.huber import huber
+    from models.densemap import decode
+    joints = decode(maps, reference, kappa, temperature, fg_threshold)
+    return 100.0 * huber(joints, joints_uvd, delta)
+
+
+# ---- acceptance statistics (spec 9.2) -----------------------------------------------------------
+@torch.no_grad()
+def foreground_fidelity(translated: Tensor, source: Tensor, fg_threshold: float,
+                        half_cube_mm: Tensor | None = None) -> dict[str, float]:
+    """Acceptance numbers of spec 9.2 over the (uneroded) synthetic hand mask H of `source`.
+
+    Returns mean |G_A(x) - x| over H in nu (pooled over all hand pixels of the batch), the same in mm
+    when `half_cube_mm` (B,) = b_z/2 per sample is given, and the fraction of H turned into
+    background (translated >= fg_threshold).
+    """
+    mask = source < fg_threshold
+    diff = (translated - source).abs()
+    n = mask.sum().clamp(min=1).item()
+    out = {"fg_abs_nu": float((diff * mask).sum().item() / n),
+           "fg_lost_frac": float(((translated >= fg_threshold) & mask).sum().item() / n)}
+    if half_cube_mm is not None:
+        mm = diff * half_cube_mm.reshape(-1, 1, 1, 1).to(diff)
+        out["fg_abs_mm"] = float((mm * mask).sum().item() / n)
+    return out

@@ -1,0 +1,206 @@
+"""Consis-CycleGAN networks (spec 9.1-9.2): ResNet generator, PatchGAN discriminator, loading.
+
+The generator maps one-channel normalized depth crops (values in [-1, 1], background +1) to crops of
+the same size and range (tanh output).  `load_translator` is how the pretraining and finetuning
+stages obtain the frozen synthetic -> real generator G_A from a `train_stage=transfer` checkpoint.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+# Keys of a transfer checkpoint (written by stages/transfer.py through the engine).
+TRANSLATOR_KEY = "translator"  # dict: {"arch": {...}, "G_A": state_dict, ...}
+NETWORK_NAMES = ("G_A", "G_B", "D_A", "D_B")
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> None:
+    """Xavier-normal init (gain 0.02) for conv weights, zero biases; spec 9.1 (inferred)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_normal_(m.weight, gain=gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _norm(ch: int) -> nn.Module:
+    """InstanceNorm without affine parameters or running statistics."""
+    return nn.InstanceNorm2d(ch, affine=False, track_running_stats=False)
+
+
+class ResnetBlock(nn.Module):
+    """reflect-pad 1, 3x3 conv, IN, ReLU, reflect-pad 1, 3x3 conv, IN, identity skip."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), _norm(ch), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), _norm(ch))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """ResNet generator of spec 9.1: (B, 1, S, S) in [-1, 1] -> (B, 1, S, S) in [-1, 1].
+
+    ngf=64, n_blocks=9 is the original; S must be divisible by 4.  Smaller `ngf` / `n_blocks`
+    give the CPU-trainable variant with the same structure.
+    """
+
+    def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9):
+        super().__init__()
+        self.arch = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks}
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), _norm(ngf), nn.ReLU(True)]
+        ch = ngf
+        for _ in range(2):  # two stride-2 down-samplings
+            layers += [nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1), _norm(2 * ch), nn.ReLU(True)]
+            ch *= 2
+        layers += [ResnetBlock(ch) for _ in range(n_blocks)]
+        for _ in range(2):  # two stride-2 up-samplings
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
+                       _norm(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """70x70 PatchGAN of spec 9.2: (B, 1, 128, 128) -> (B, 1, 14, 14) real/fake scores (no sigmoid).
+
+    4x4 convs ndf (stride 2, no norm) -> 2ndf, 4ndf (stride 2, IN) -> 8ndf (stride 1, IN) -> 1 (stride 1);
+    LeakyReLU 0.2 after every hidden layer.
+    """
+
+    def __init__(self, in_ch: int = 1, ndf: int = 64):
+        super().__init__()
+        self.arch = {"in_ch": in_ch, "ndf": ndf}
+        lrelu = lambda: nn.LeakyReLU(0.2, True)  # noqa: E731
+        self.model = nn.Sequential(
+            nn.Conv2d(in_ch, ndf, 4, 2, 1), lrelu(),
+            nn.Conv2d(ndf, 2 * ndf, 4, 2, 1), _norm(2 * ndf), lrelu(),
+            nn.Conv2d(2 * ndf, 4 * ndf, 4, 2, 1), _norm(4 * ndf), lrelu(),
+            nn.Conv2d(4 * ndf, 8 * ndf, 4, 1, 1), _norm(8 * ndf), lrelu(),
+            nn.Conv2d(8 * ndf, 1, 4, 1, 1))
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+def snap_background(x: Tensor, fg_threshold: float) -> Tensor:
+    """Values >= fg_threshold become exactly +1 (the background convention); shape kept."""
+    return torch.where(x >= fg_threshold, torch.ones_like(x), x)
+
+
+@torch.no_grad()
+def translate(G: nn.Module, x: Tensor, snap_threshold: float | None = None) -> Tensor:
+    """Apply a frozen generator: clean crops (B, 1, S, S) -> translated crops (B, 1, S, S).
+
+    No gradients.  With `snap_threshold` (e.g. cfg.fg_threshold_nu) translated values at or above it
+    are set to +1 so that the background convention of the clean crops holds exactly.
+    """
+    y = G(x.to(next(G.parameters()).dtype))
+    return snap_background(y, snap_threshold) if snap_threshold is not None else y
+
+
+def translator_state(G_A: ResnetGenerator, G_B: ResnetGenerator,
+                     D_A: PatchDiscriminator, D_B: PatchDiscriminator) -> dict:
+    """The checkpoint entry `TRANSLATOR_KEY`: architectures and state dicts of the four networks."""
+    return {"arch": {"G": dict(G_A.arch), "D": dict(D_A.arch)},
+            "G_A": G_A.state_dict(), "G_B": G_B.state_dict(),
+            "D_A": D_A.state_dict(), "D_B": D_B.state_dict()}
+
+
+def build_networks(ngf: int, n_blocks: int, ndf: int) -> dict[str, nn.Module]:
+    """The four Consis-CycleGAN networks {"G_A", "G_B", "D_A", "D_B"} (CPU, freshly initialised)."""
+    return {"G_A": ResnetGenerator(ngf=ngf, n_blocks=n_blocks), "G_B": ResnetGenerator(ngf=ngf, n_blocks=n_blocks),
+            "D_A": PatchDiscriminator(ndf=ndf), "D_B": PatchDiscriminator(ndf=ndf)}
+
+
+def _find_translator_entry(ckpt: dict) -> dict:
+    """Locate the translator entry in an engine checkpoint (top level or under 'extra'/'state')."""
+    if TRANSLATOR_KEY in ckpt:
+        return ckpt[TRANSLATOR_KEY]
+    for v in ckpt.values():
+        if isinstance(v, dict) and TRANSLATOR_KEY in v:
+            return v[TRANSLATOR_KEY]
+    raise KeyError(f"no '{TRANSLATOR_KEY}' entry: not a train_stage=transfer checkpoint")
+
+
+def load_translator(path: str | Path | None, device: torch.device | str = "cpu") -> ResnetGenerator | None:
+    """The frozen synthetic -> real generator G_A of a `train_stage=transfer` checkpoint, or None.
+
+    Contract for the pretraining / finetuning stages:
+      * `path` empty or None -> returns None; the caller must then run WITHOUT translation and say so
+        (e.g. log "transfer_net not set: synthetic crops are used untranslated").
+      * otherwise the file must exist and hold a transfer checkpoint (`latest.pt` / `best.pt` of a
+        transfer run, or a file that holds its entry); a missing or wrong file raises
+        FileNotFoundError / KeyError (never a silent fallback).
+      * the returned generator is on `device`, in eval mode, with requires_grad False on every
+        parameter.  Apply it with `translate(G, clean, cfg.fg_threshold_nu)` to each synthetic batch
+        of clean crops (B, 1, 128, 128) in [-1, 1]; keep the clean crop as the reference crop for
+        target encoding / decoding (spec 5.3).
+    """
+    if path is None or str(path) == "":
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"transfer_net checkpoint not found: {p}")
+    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    entry = _find_translator_entry(ckpt)
+    arch = entry["arch"]["G"]
+    G = ResnetGenerator(**arch)
+    G.load_state_dict(entry["G_A"])
+    G.to(device).eval()
+    for q in G.parameters():
+        q.requires_grad_(False)
+    if arch["ngf"] != 64 or arch["n_blocks"] != 9:
+        warnings.warn(f"translator {p} is a reduced generator (ngf={arch['ngf']}, blocks={arch['n_blocks']})")
+    return G
+
+
+class ImagePool:
+    """History buffer of generated images for the discriminators (spec 9.2, size 50).
+
+    `query(images (B, C, H, W)) -> (B, C, H, W)`: while the pool is not full each image is stored and
+    returned; afterwards each image is, with probability 1/2, swapped for a random stored one (which
+    is returned) or returned as is.  Images are stored detached.  size 0 disables the pool.
+    """
+
+    def __init__(self, size: int, generator: torch.Generator | None = None):
+        self.size = size
+        self.images: list[Tensor] = []
+        self.generator = generator
+
+    def _rand(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    def query(self, images: Tensor) -> Tensor:
+        if self.size <= 0:
+            return images.detach()
+        out = []
+        for img in images.detach():
+            if len(self.images) < self.size:
+                self.images.append(img.clone())
+                out.append(img)
+            elif self._rand() < 0.5:
+                k = int(torch.randint(len(self.images), (), generator=self.generator))
+                out.append(self.images[k].clone())
+                self.images[k] = img.clone()
+            else:
+                out.append(img)
+        return torch.stack(out)
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "images": [t.cpu() for t in self.images]}
+
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        self.images = [t.to(device) for t in state["images"]][: self.size]
