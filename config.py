@@ -169,11 +169,50 @@ class Config:
     collision_gate_mm: float = opt(12.5, "a sample whose summed sphere penetration reaches this contributes 0 (mm)")
     collision_mode: str = opt("gated", "gated (original) or clipped (per-sample sum clipped at the gate)", ("gated", "clipped"))
 
+    # ---- sim-to-real translator (Consis-CycleGAN, train_stage=transfer; spec 9.2) ----------------
+    gan_ngf: int = opt(64, "translator generator base width (64 = original; smaller trains on CPU)")
+    gan_blocks: int = opt(9, "translator generator residual blocks (9 = original)")
+    gan_ndf: int = opt(64, "PatchGAN discriminator base width")
+    gan_lr: float = opt(2e-4, "translator Adam learning rate")
+    gan_beta1: float = opt(0.5, "translator Adam beta1")
+    gan_beta2: float = opt(0.999, "translator Adam beta2")
+    gan_batch_size: int = opt(4, "translator batch size (synthetic and real crops each)")
+    gan_epochs_constant: int = opt(20, "translator epochs over the real crops at constant lr")
+    gan_epochs_decay: int = opt(20, "translator epochs of linear lr decay to 0 after the constant ones")
+    gan_pool_size: int = opt(50, "history pool of generated images per discriminator (0 = off)")
+    w_gan_adv: float = opt(1.0, "translator weight: least-squares adversarial term of each generator")
+    w_gan_cyc: float = opt(10.0, "translator weight: cycle consistency (both directions)")
+    w_gan_idt: float = opt(5.0, "translator weight: identity (both generators)")
+    w_gan_fg: float = opt(10.0, "translator weight: foreground-depth consistency on the synthetic hand mask")
+    w_gan_fg_sym: float = opt(0.0, "translator weight: symmetric foreground consistency for G_B (0 = off)")
+    w_gan_pose: float = opt(0.0, "translator weight: pose consistency through gan_pose_net (0 = off; spec uses 1)")
+    gan_mask_erode_px: int = opt(0, "erode the synthetic hand mask by this many pixels before L_fg (spec option: 1)")
+    gan_snap_background: bool = opt(True, "set translated values >= fg_threshold_nu to +1 when the translator is applied")
+    gan_pose_net: str = opt("", "frozen pose-network checkpoint (pretrained untranslated) for the pose-consistency term")
+    gan_synth_rotation: str = opt("original", "view rotation of the translator's synthetic crops (covers pretraining and finetuning views)", ("none", "original", "so3"))
+
     # ---- outputs -----------------------------------------------------------------------------
     pred_file: str = opt("", "phase=score: prediction file (u v d per joint per line)")
     gt_file: str = opt("", "phase=score: ground-truth file in the same format")
     save_meshes: bool = opt(False, "test/export: write OBJ meshes of the predicted hands")
     save_overlays: int = opt(16, "test/export: number of overlay images to write")
+
+    # ---- export / inference on depth streams (phase=export) ----------------------------------
+    export_source: str = opt("folder", "input layout: folder of depth frames, dhg (DHG-14/28) or shrec (SHREC'17)", ("folder", "dhg", "shrec"))
+    export_input: str = opt("", "folder of depth frames, or the root of the DHG/SHREC gesture_*/ tree")
+    export_depth_format: str = opt("auto", "depth frames: auto, png16 (mm), nyu_rgb (256*G+B) or npy", ("auto", "png16", "nyu_rgb", "npy"))
+    export_mirror: bool | None = opt(None, "mirror frames about cx to a right hand; None = yes for dhg/shrec, no for folders")
+    export_every: int = opt(1, "process every N-th frame of each sequence")
+    export_max_frames: int = opt(0, "stop each sequence after N frames (0 = all)")
+    export_branch: str = opt("pwe", "which branch of the last stage gives the exported joints", ("pwe", "mpe"))
+    export_write_meshes: bool = opt(False, "also write the predicted MANO parameters and meshes per frame (NPZ)")
+    localize_band_mm: float = opt(150.0, "hand detection: depth band behind the nearest valid point that may belong to the hand (mm)")
+    localize_min_pixels: int = opt(150, "hand detection: fewest pixels of a hand region in a frame")
+    localize_max_extent_mm: float = opt(350.0, "hand detection: a region wider than this in x or y is not a hand (mm)")
+    localize_min_depth_mm: float = opt(150.0, "hand detection: ignore depths nearer than this (sensor noise) (mm)")
+    localize_max_depth_mm: float = opt(1500.0, "hand detection: ignore depths farther than this (mm)")
+    localize_iterations: int = opt(5, "centre refinement: mean-shift iterations within the cube")
+    track: bool = opt(True, "in sequences, start from the previous frame's prediction; detect again when lost")
 
     # ------------------------------------------------------------------------------------------
     def preset(self) -> DatasetPreset:
