@@ -6,7 +6,6 @@ stages obtain the frozen synthetic -> real generator G_A from a `train_stage=tra
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -162,8 +161,6 @@ def load_translator(path: str | Path | None, device: torch.device | str = "cpu")
     G.to(device).eval()
     for q in G.parameters():
         q.requires_grad_(False)
-    if arch["ngf"] != 64 or arch["n_blocks"] != 9:
-        warnings.warn(f"translator {p} is a reduced generator (ngf={arch['ngf']}, blocks={arch['n_blocks']})")
     return G
 
 
