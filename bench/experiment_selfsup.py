@@ -1,0 +1,135 @@
+"""The self-supervision experiment of issue 7: one command, fixed seeds, one table.
+
+    python bench/experiment_selfsup.py                       # net=tiny, CPU budget (~30 min per seed)
+    python bench/experiment_selfsup.py net=resnet18 device=cuda --scale 10 --seeds 0 1
+
+On the real-like NYU-format set (dataset=simreal) it trains and evaluates (standard NYU 14-joint mean
+error, mm, test split, final-epoch models):
+  1. synthetic pretraining only                         (pre)
+  2. + transfer net: translator, then pretraining with it (pre_tn)
+  3. + self-supervised fine-tuning from (2)               (ft)       the full method
+  4. supervised training on the real-like labels          (sup)      the upper reference
+and the share of the gap (1) -> (4) that (3) closes, (e1 - e3) / (e1 - e4), per branch (S2-PWE,
+S2-MPE); plus (3) with each loss family removed: model fitting (render, data->mesh, part data->mesh),
+inter-branch (pixel->model, model->pixel), distillation (stage 2 -> stage 1).
+Extra `key=value` arguments go to every run (e.g. device=cuda).  Results: <out>/results.json and
+<out>/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config import make_config  # noqa: E402
+from train_render import run as run_stage  # noqa: E402
+
+ABLATIONS = {
+    "ft_no_fitting": ["w_render=0", "w_data_mesh=0", "w_part_mesh=0"],
+    "ft_no_inter_branch": ["w_pixel_to_model=0", "w_model_to_pixel=0"],
+    "ft_no_distillation": ["w_distill=0"],
+}
+BRANCHES = ("s2_pwe", "s2_mpe")
+
+
+def steps(base: int, scale: float) -> str:
+    return f"max_steps={max(1, int(base * scale))}"
+
+
+def train(name: str, out: Path, common: list[str], extra: list[str], log: dict) -> Path:
+    """Run one training stage unless its latest.pt exists; returns that checkpoint."""
+    ckpt = out / name / "latest.pt"
+    if not ckpt.is_file():
+        t0 = time.time()
+        run_stage(make_config(common + extra + [f"out_dir={out / name}"]))
+        log[name] = {"train_seconds": round(time.time() - t0, 1)}
+    return ckpt
+
+
+def evaluate(name: str, ckpt: Path, out: Path, common: list[str]) -> dict[str, float]:
+    metrics = run_stage(make_config(common + ["phase=test", f"load_model={ckpt}", f"out_dir={out / name / 'test'}",
+                                              "save_overlays=0"]))
+    std = metrics["protocols"]["standard"]
+    return {k: round(float(std[k]["mean_mm"]), 3) for k in BRANCHES if k in std}
+
+
+def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
+    common = ["dataset=simreal", f"net={args.net}", f"seed={seed}", "stage_num=2",
+              f"batch_size={args.batch_size}", "progress=false"] + passthrough
+    out = out / f"seed{seed}"
+    log: dict = {}
+    s = args.scale
+    pre = train("pre", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)], log)
+    tn = train("transfer", out, common, ["train_stage=transfer", steps(args.transfer_steps, s),
+                                         f"gan_ngf={args.gan_ngf}", f"gan_blocks={args.gan_blocks}",
+                                         f"gan_ndf={args.gan_ngf}"], log)
+    tn_args = [f"transfer_net={tn}"]
+    pre_tn = train("pre_tn", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)] + tn_args, log)
+    ft_args = ["train_stage=finetune", steps(args.finetune_steps, s), f"load_model={pre_tn}"] + tn_args
+    runs = {"pre": pre, "pre_tn": pre_tn, "ft": train("ft", out, common, ft_args, log),
+            "sup": train("sup", out, common, ["train_stage=supervised", steps(args.pretrain_steps, s)], log)}
+    if not args.no_ablations:
+        for name, extra in ABLATIONS.items():
+            runs[name] = train(name, out, common, ft_args + extra, log)
+    errors = {name: evaluate(name, ckpt, out, common) for name, ckpt in runs.items()}
+    gap = {}
+    for b in BRANCHES:
+        e1, e3, e4 = errors["pre"].get(b), errors["ft"].get(b), errors["sup"].get(b)
+        if None not in (e1, e3, e4) and abs(e1 - e4) > 1e-9:
+            gap[b] = round((e1 - e3) / (e1 - e4), 4)
+    return {"errors_mm": errors, "gap_closed": gap, "timing": log}
+
+
+def markdown(results: dict) -> str:
+    seeds = sorted(results)
+    names = list(results[seeds[0]]["errors_mm"])
+    lines = ["| run | " + " | ".join(f"{b.upper().replace('_', '-')} (mm)" for b in BRANCHES) + " |",
+             "|---|" + "---|" * len(BRANCHES)]
+    for n in names:
+        cells = []
+        for b in BRANCHES:
+            vals = [results[s]["errors_mm"][n][b] for s in seeds if b in results[s]["errors_mm"][n]]
+            cells.append(f"{statistics.mean(vals):.2f}" + (f" ± {statistics.pstdev(vals):.2f}" if len(vals) > 1 else ""))
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    for b in BRANCHES:
+        g = [results[s]["gap_closed"][b] for s in seeds if b in results[s]["gap_closed"]]
+        if g:
+            lines.append(f"\nGap (pre -> sup) closed by ft, {b.upper()}: " + ", ".join(f"{100 * v:.1f}%" for v in g)
+                         + f" (seeds {', '.join(map(str, seeds))})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="checkpoints/experiment_selfsup")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--net", default="tiny")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies every step budget")
+    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--transfer-steps", type=int, default=300)
+    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--gan-ngf", type=int, default=16)
+    p.add_argument("--gan-blocks", type=int, default=3)
+    p.add_argument("--no-ablations", action="store_true")
+    args, passthrough = p.parse_known_args(argv)
+    out = Path(args.out)
+    results = {}
+    for seed in args.seeds:
+        results[seed] = one_seed(seed, out, args, passthrough)
+        print(json.dumps(results[seed], indent=1), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    table = markdown(results)
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
