@@ -11,11 +11,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-# Keys of a transfer checkpoint (written by stages/transfer.py through the engine).
-TRANSLATOR_KEY = "translator"  # dict: {"arch": {...}, "G_A": state_dict, ...}
-NETWORK_NAMES = ("G_A", "G_B", "D_A", "D_B")
-
-
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:
     """Xavier-normal init (gain 0.02) for conv weights, zero biases; spec 9.1 (inferred)."""
     for m in net.modules():
@@ -110,28 +105,19 @@ def translate(G: nn.Module, x: Tensor, snap_threshold: float | None = None) -> T
     return snap_background(y, snap_threshold) if snap_threshold is not None else y
 
 
-def translator_state(G_A: ResnetGenerator, G_B: ResnetGenerator,
-                     D_A: PatchDiscriminator, D_B: PatchDiscriminator) -> dict:
-    """The checkpoint entry `TRANSLATOR_KEY`: architectures and state dicts of the four networks."""
-    return {"arch": {"G": dict(G_A.arch), "D": dict(D_A.arch)},
-            "G_A": G_A.state_dict(), "G_B": G_B.state_dict(),
-            "D_A": D_A.state_dict(), "D_B": D_B.state_dict()}
-
-
-def build_networks(ngf: int, n_blocks: int, ndf: int) -> dict[str, nn.Module]:
-    """The four Consis-CycleGAN networks {"G_A", "G_B", "D_A", "D_B"} (CPU, freshly initialised)."""
-    return {"G_A": ResnetGenerator(ngf=ngf, n_blocks=n_blocks), "G_B": ResnetGenerator(ngf=ngf, n_blocks=n_blocks),
-            "D_A": PatchDiscriminator(ndf=ndf), "D_B": PatchDiscriminator(ndf=ndf)}
-
-
-def _find_translator_entry(ckpt: dict) -> dict:
-    """Locate the translator entry in an engine checkpoint (top level or under 'extra'/'state')."""
-    if TRANSLATOR_KEY in ckpt:
-        return ckpt[TRANSLATOR_KEY]
-    for v in ckpt.values():
-        if isinstance(v, dict) and TRANSLATOR_KEY in v:
-            return v[TRANSLATOR_KEY]
-    raise KeyError(f"no '{TRANSLATOR_KEY}' entry: not a train_stage=transfer checkpoint")
+def generator_from_checkpoint(ckpt: dict, name: str = "G_A") -> ResnetGenerator:
+    """Rebuild generator `name` ('G_A' or 'G_B') from a transfer checkpoint dict (engine format:
+    'model' = state dict of the four networks with keys '<name>.*', 'config' = the run's Config dict
+    with gan_ngf and gan_blocks).  KeyError when the checkpoint is not a transfer checkpoint."""
+    model, cfg = ckpt.get("model"), ckpt.get("config") or {}
+    prefix = f"{name}."
+    if not isinstance(model, dict) or not any(k.startswith(prefix) for k in model):
+        raise KeyError(f"no '{prefix}*' weights in the checkpoint: not a train_stage=transfer checkpoint")
+    if "gan_ngf" not in cfg or "gan_blocks" not in cfg:
+        raise KeyError("the checkpoint's config lacks gan_ngf / gan_blocks")
+    G = ResnetGenerator(ngf=int(cfg["gan_ngf"]), n_blocks=int(cfg["gan_blocks"]))
+    G.load_state_dict({k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)})
+    return G
 
 
 def load_translator(path: str | Path | None, device: torch.device | str = "cpu") -> ResnetGenerator | None:
@@ -140,12 +126,13 @@ def load_translator(path: str | Path | None, device: torch.device | str = "cpu")
     Contract for the pretraining / finetuning stages:
       * `path` empty or None -> returns None; the caller must then run WITHOUT translation and say so
         (e.g. log "transfer_net not set: synthetic crops are used untranslated").
-      * otherwise the file must exist and hold a transfer checkpoint (`latest.pt` / `best.pt` of a
-        transfer run, or a file that holds its entry); a missing or wrong file raises
-        FileNotFoundError / KeyError (never a silent fallback).
+      * otherwise the file must exist and be a transfer checkpoint in the engine's format (`best.pt`
+        = the latest step meeting the spec 9.2 acceptance, or `latest.pt`, of a train_stage=transfer
+        run); a missing or wrong file raises FileNotFoundError / KeyError (never a silent fallback).
       * the returned generator is on `device`, in eval mode, with requires_grad False on every
-        parameter.  Apply it with `translate(G, clean, cfg.fg_threshold_nu)` to each synthetic batch
-        of clean crops (B, 1, 128, 128) in [-1, 1]; keep the clean crop as the reference crop for
+        parameter.  Apply it to each synthetic batch of clean crops (B, 1, 128, 128) in [-1, 1] with
+        `translate(G, batch["clean"], cfg.fg_threshold_nu if cfg.gan_snap_background else None)` and
+        feed the result to the network as `depth`; keep the clean crop as the reference crop for
         target encoding / decoding (spec 5.3).
     """
     if path is None or str(path) == "":
@@ -154,10 +141,9 @@ def load_translator(path: str | Path | None, device: torch.device | str = "cpu")
     if not p.is_file():
         raise FileNotFoundError(f"transfer_net checkpoint not found: {p}")
     ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    entry = _find_translator_entry(ckpt)
-    arch = entry["arch"]["G"]
-    G = ResnetGenerator(**arch)
-    G.load_state_dict(entry["G_A"])
+    if not isinstance(ckpt, dict):
+        raise KeyError(f"{p} is not a train_stage=transfer checkpoint")
+    G = generator_from_checkpoint(ckpt, "G_A")
     G.to(device).eval()
     for q in G.parameters():
         q.requires_grad_(False)
@@ -190,7 +176,7 @@ class ImagePool:
                 out.append(img)
             elif self._rand() < 0.5:
                 k = int(torch.randint(len(self.images), (), generator=self.generator))
-                out.append(self.images[k].clone())
+                out.append(self.images[k].to(img.device))
                 self.images[k] = img.clone()
             else:
                 out.append(img)
@@ -199,5 +185,6 @@ class ImagePool:
     def state_dict(self) -> dict:
         return {"size": self.size, "images": [t.cpu() for t in self.images]}
 
-    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
-        self.images = [t.to(device) for t in state["images"]][: self.size]
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the stored images (kept on the CPU until returned; moved to the query's device)."""
+        self.images = list(state["images"])[: self.size]

@@ -2,8 +2,14 @@
 
 Domain A: clean synthetic crops rendered on the fly for the target dataset (spec 8.2, occlusion on);
 domain B: real training crops of the target dataset (labels never loaded).  G_A: synthetic -> real
-(the translator used by pretraining / finetuning through `models.translator.load_translator`),
+(the translator that pretraining / finetuning load with `models.translator.load_translator`),
 G_B: real -> synthetic; D_A judges the real domain, D_B the synthetic domain.
+
+One engine step = one CycleGAN iteration.  The generator terms see the discriminators through
+detached parameters and the discriminator terms see detached (pooled) fakes, so a single backward of
+L_G + L_D and one Adam over all parameters give exactly the gradients and updates of the usual
+alternating G-step / D-step (both use the networks and fakes of the start of the iteration); this lets
+the engine's loop (checkpoints, resume, NaN guard, DDP, TensorBoard) run the GAN unchanged.
 """
 from __future__ import annotations
 
@@ -11,129 +17,235 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from config import Config
-from losses.translation import (cycle_loss, foreground_consistency, identity_loss,
+from losses.translation import (cycle_loss, foreground_consistency, foreground_fidelity, identity_loss,
                                 lsgan_discriminator_loss, lsgan_generator_loss,
                                 symmetric_foreground_consistency)
-from models.translator import TRANSLATOR_KEY, ImagePool, build_networks, translator_state
+from models.translator import ImagePool, PatchDiscriminator, ResnetGenerator
 
+ACCEPT_FG_ABS_NU = 0.03     # spec 9.2 acceptance: mean |G_A(x)-x| over the hand mask (nu)
+ACCEPT_LOST_FRAC = 0.05     # spec 9.2 acceptance: fraction of hand pixels turned into background
 PoseTerm = Callable[[Tensor], Tensor]  # translated synthetic crops (B,1,S,S) -> unweighted L_pose
 
 
-def lr_factor(step: int, constant_steps: int, decay_steps: int) -> float:
-    """Learning-rate multiplier: 1 for `constant_steps`, then linear to 0 over `decay_steps`."""
-    if step < constant_steps:
-        return 1.0
-    if decay_steps <= 0:
-        return 0.0
-    return max(0.0, 1.0 - (step - constant_steps) / decay_steps)
+class ConsisCycleGAN(nn.Module):
+    """The four networks; `forward` runs one iteration's generators and discriminators.
 
-
-def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
-    for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
-
-
-class CycleGAN:
-    """The four networks, their two Adam optimizers, LR schedules and history pools.
-
-    `step(x_s, x_r)` runs one generator update and one discriminator update on a synthetic batch
-    x_s and a real batch x_r (B, 1, S, S) and returns (scalar losses, images for logging).
+    Its state_dict (keys 'G_A.*', 'G_B.*', 'D_A.*', 'D_B.*') is the engine checkpoint's 'model'.
     """
 
-    def __init__(self, cfg: Config, device: torch.device, steps_per_epoch: int = 1,
-                 generator: torch.Generator | None = None):
-        self.cfg = cfg
-        self.nets = {k: v.to(device) for k, v in build_networks(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf).items()}
-        betas = (cfg.gan_beta1, cfg.gan_beta2)
-        g_params = list(self.nets["G_A"].parameters()) + list(self.nets["G_B"].parameters())
-        d_params = list(self.nets["D_A"].parameters()) + list(self.nets["D_B"].parameters())
-        self.opt_G = torch.optim.Adam(g_params, lr=cfg.gan_lr, betas=betas)
-        self.opt_D = torch.optim.Adam(d_params, lr=cfg.gan_lr, betas=betas)
-        const, decay = cfg.gan_epochs_constant * steps_per_epoch, cfg.gan_epochs_decay * steps_per_epoch
-        self.scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, const, decay))
-                       for o in (self.opt_G, self.opt_D)]
-        self.pool_A = ImagePool(cfg.gan_pool_size, generator)  # fakes of the real domain (for D_A)
-        self.pool_B = ImagePool(cfg.gan_pool_size, generator)  # fakes of the synthetic domain (for D_B)
-        self.device = device
+    def __init__(self, ngf: int, n_blocks: int, ndf: int):
+        super().__init__()
+        self.G_A, self.G_B = ResnetGenerator(ngf=ngf, n_blocks=n_blocks), ResnetGenerator(ngf=ngf, n_blocks=n_blocks)
+        self.D_A, self.D_B = PatchDiscriminator(ndf=ndf), PatchDiscriminator(ndf=ndf)
 
-    # ---- losses -------------------------------------------------------------------------------
-    def generator_losses(self, x_s: Tensor, x_r: Tensor, pose_term: PoseTerm | None = None
-                         ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Weighted generator objective (key 'G') with its unweighted parts, and the images."""
-        c, n = self.cfg, self.nets
-        fake_r = n["G_A"](x_s)              # synthetic -> real
-        rec_s = n["G_B"](fake_r)
-        fake_s = n["G_B"](x_r)              # real -> synthetic
-        rec_r = n["G_A"](fake_s)
-        parts = {"adv_A": lsgan_generator_loss(n["D_A"](fake_r)),
-                 "adv_B": lsgan_generator_loss(n["D_B"](fake_s)),
-                 "cyc": cycle_loss(rec_s, x_s) + cycle_loss(rec_r, x_r),
-                 "fg": foreground_consistency(fake_r, x_s, c.fg_threshold_nu, c.gan_mask_erode_px)}
-        total = c.w_gan_adv * (parts["adv_A"] + parts["adv_B"]) + c.w_gan_cyc * parts["cyc"] + c.w_gan_fg * parts["fg"]
-        if c.w_gan_idt > 0:
-            parts["idt"] = identity_loss(n["G_A"](x_r), x_r) + identity_loss(n["G_B"](x_s), x_s)
-            total = total + c.w_gan_idt * parts["idt"]
-        if c.w_gan_fg_sym > 0:
-            parts["fg_sym"] = symmetric_foreground_consistency(fake_s, x_r, c.fg_threshold_nu)
-            total = total + c.w_gan_fg_sym * parts["fg_sym"]
-        if c.w_gan_pose > 0 and pose_term is not None:
-            parts["pose"] = pose_term(fake_r)
-            total = total + c.w_gan_pose * parts["pose"]
-        parts["G"] = total
-        images = {"synthetic": x_s, "translated": fake_r, "real": x_r, "reconstructed": rec_s,
-                  "real_to_synthetic": fake_s}
-        return parts, images
+    @staticmethod
+    def _frozen(D: nn.Module, x: Tensor) -> Tensor:
+        """D(x) with detached parameters: gradients reach x (the generator) but not D."""
+        return functional_call(D, {n: p.detach() for n, p in D.named_parameters()}, (x,))
 
-    def discriminator_losses(self, x_s: Tensor, x_r: Tensor, fake_r: Tensor, fake_s: Tensor) -> dict[str, Tensor]:
-        """LSGAN discriminator objectives; fakes are drawn through the history pools (detached)."""
-        n = self.nets
-        d_a = lsgan_discriminator_loss(n["D_A"](x_r), n["D_A"](self.pool_A.query(fake_r)))
-        d_b = lsgan_discriminator_loss(n["D_B"](x_s), n["D_B"](self.pool_B.query(fake_s)))
-        return {"D_A": d_a, "D_B": d_b, "D": d_a + d_b}
+    def forward(self, x_s: Tensor, x_r: Tensor, pool_A: ImagePool | None = None,
+                pool_B: ImagePool | None = None, identity: bool = True) -> dict[str, Tensor]:
+        """x_s synthetic, x_r real (B, 1, S, S) -> images and discriminator scores of one iteration."""
+        out = {"translated": self.G_A(x_s), "real_to_synthetic": self.G_B(x_r)}
+        out["reconstructed"] = self.G_B(out["translated"])
+        out["real_reconstructed"] = self.G_A(out["real_to_synthetic"])
+        if identity:
+            out["idt_A"], out["idt_B"] = self.G_A(x_r), self.G_B(x_s)
+        out["g_D_A"] = self._frozen(self.D_A, out["translated"])
+        out["g_D_B"] = self._frozen(self.D_B, out["real_to_synthetic"])
+        fake_r, fake_s = out["translated"].detach(), out["real_to_synthetic"].detach()
+        out["d_A_real"] = self.D_A(x_r)
+        out["d_A_fake"] = self.D_A(pool_A.query(fake_r) if pool_A is not None else fake_r)
+        out["d_B_real"] = self.D_B(x_s)
+        out["d_B_fake"] = self.D_B(pool_B.query(fake_s) if pool_B is not None else fake_s)
+        return out
 
-    # ---- one iteration ------------------------------------------------------------------------
-    def step(self, x_s: Tensor, x_r: Tensor, pose_term: PoseTerm | None = None
-             ) -> tuple[dict[str, float], dict[str, Tensor]]:
-        """One G update then one D update; LR schedules advance by one step."""
-        for k in ("G_A", "G_B", "D_A", "D_B"):
-            self.nets[k].train()
-        discs = [self.nets["D_A"], self.nets["D_B"]]
-        _set_requires_grad(discs, False)
-        parts, images = self.generator_losses(x_s, x_r, pose_term)
-        self.opt_G.zero_grad(set_to_none=True)
-        parts["G"].backward()
-        self.opt_G.step()
-        _set_requires_grad(discs, True)
-        d_parts = self.discriminator_losses(x_s, x_r, images["translated"].detach(),
-                                            images["real_to_synthetic"].detach())
-        self.opt_D.zero_grad(set_to_none=True)
-        d_parts["D"].backward()
-        self.opt_D.step()
-        for s in self.scheds:
-            s.step()
-        scalars = {k: float(v.detach()) for k, v in {**parts, **d_parts}.items()}
-        scalars["lr"] = self.opt_G.param_groups[0]["lr"]
-        return scalars, {k: v.detach() for k, v in images.items()}
 
-    # ---- checkpoint state -----------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Everything needed to resume; `load_translator` reads G_A from the TRANSLATOR_KEY entry."""
-        n = self.nets
-        return {TRANSLATOR_KEY: translator_state(n["G_A"], n["G_B"], n["D_A"], n["D_B"]),
-                "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                "sched": [s.state_dict() for s in self.scheds],
-                "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict()}
+def cyclegan_losses(out: dict[str, Tensor], x_s: Tensor, x_r: Tensor, cfg: Config,
+                    pose_term: PoseTerm | None = None) -> dict[str, Tensor]:
+    """Spec 9.2 objective: 'loss' = L_G + L_D (weights from cfg) plus every unweighted term."""
+    t = {"adv_A": lsgan_generator_loss(out["g_D_A"]), "adv_B": lsgan_generator_loss(out["g_D_B"]),
+         "cyc": cycle_loss(out["reconstructed"], x_s) + cycle_loss(out["real_reconstructed"], x_r),
+         "fg": foreground_consistency(out["translated"], x_s, cfg.fg_threshold_nu, cfg.gan_mask_erode_px)}
+    g = cfg.w_gan_adv * (t["adv_A"] + t["adv_B"]) + cfg.w_gan_cyc * t["cyc"] + cfg.w_gan_fg * t["fg"]
+    if "idt_A" in out:
+        t["idt"] = identity_loss(out["idt_A"], x_r) + identity_loss(out["idt_B"], x_s)
+        g = g + cfg.w_gan_idt * t["idt"]
+    if cfg.w_gan_fg_sym > 0:
+        t["fg_sym"] = symmetric_foreground_consistency(out["real_to_synthetic"], x_r, cfg.fg_threshold_nu)
+        g = g + cfg.w_gan_fg_sym * t["fg_sym"]
+    if cfg.w_gan_pose > 0 and pose_term is not None:
+        t["pose"] = pose_term(out["translated"])
+        g = g + cfg.w_gan_pose * t["pose"]
+    t["D_A"] = lsgan_discriminator_loss(out["d_A_real"], out["d_A_fake"])
+    t["D_B"] = lsgan_discriminator_loss(out["d_B_real"], out["d_B_fake"])
+    t["G"], t["D"] = g, t["D_A"] + t["D_B"]
+    t["loss"] = t["G"] + t["D"]
+    return t
 
-    def load_state_dict(self, state: dict) -> None:
-        entry = state[TRANSLATOR_KEY]
-        for k in ("G_A", "G_B", "D_A", "D_B"):
-            self.nets[k].load_state_dict(entry[k])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        for s, st in zip(self.scheds, state["sched"]):
-            s.load_state_dict(st)
-        self.pool_A.load_state_dict(state["pool_A"], self.device)
-        self.pool_B.load_state_dict(state["pool_B"], self.device)
+
+def lr_factor(epoch: int, constant_epochs: int, decay_epochs: int) -> float:
+    """LR multiplier after `epoch` completed epochs: 1 for `constant_epochs`, then linear toward 0
+    (1 - k/(decay_epochs+1) in the k-th decay epoch; 0 afterwards)."""
+    if epoch < constant_epochs:
+        return 1.0
+    return max(0.0, 1.0 - (epoch - constant_epochs + 1) / (decay_epochs + 1))
+
+
+def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam (gan_lr, (gan_beta1, gan_beta2)) over all four networks and its per-epoch schedule.
+
+    Adam is per-parameter, so one optimizer over G and D equals the usual two optimizers."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.gan_lr, betas=(cfg.gan_beta1, cfg.gan_beta2))
+    c, d = cfg.gan_epochs_constant, cfg.gan_epochs_decay
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, c, d))
+
+
+def translation_grid(images: dict[str, Tensor], n: int = 4) -> Tensor:
+    """Columns synthetic | translated | reconstructed | real | real->synthetic for n samples:
+    RGB (3, n*S, 5*S) in [0, 1] (near = bright, background black) for SummaryWriter.add_image."""
+    cols = ("synthetic", "translated", "reconstructed", "real", "real_to_synthetic")
+    n = min(n, *(images[c].shape[0] for c in cols))
+    rows = [torch.cat([images[c][b, 0].detach().float().cpu() for c in cols], dim=1) for b in range(n)]
+    g = ((1.0 - torch.cat(rows, dim=0).clamp(-1, 1)) / 2.0)
+    return g[None].expand(3, -1, -1).clone()
+
+
+@torch.no_grad()
+def validate_translator(G_A: nn.Module, clean: Tensor, cube_z: Tensor, cfg: Config,
+                        chunk: int = 32) -> dict[str, float]:
+    """Spec 9.2 acceptance numbers on held-out synthetic crops clean (N, 1, S, S), cube_z (N,) mm:
+    fg_abs_nu, fg_abs_mm, fg_lost_frac (over the uneroded hand mask) and out_of_range (fraction of
+    outputs outside [-1, 1]).  The generator runs in eval mode without snapping."""
+    was = G_A.training
+    G_A.eval()
+    outs = torch.cat([G_A(clean[i:i + chunk]) for i in range(0, clean.shape[0], chunk)])
+    G_A.train(was)
+    st = foreground_fidelity(outs, clean, cfg.fg_threshold_nu, 0.5 * cube_z)
+    st["out_of_range"] = float(((outs < -1) | (outs > 1)).float().mean())
+    return st
+
+
+def selection_key(stats: dict[str, float], step: int) -> float:
+    """best.pt ordering (lower wins): the latest step that meets the spec 9.2 acceptance
+    (fg_abs_nu <= ACCEPT_FG_ABS_NU and fg_lost_frac <= ACCEPT_LOST_FRAC) ranks first (-step);
+    a failing step ranks after every accepted one, by its foreground deviation."""
+    if stats["fg_abs_nu"] <= ACCEPT_FG_ABS_NU and stats["fg_lost_frac"] <= ACCEPT_LOST_FRAC:
+        return -float(step)
+    return 1e9 * (1.0 + stats["fg_abs_nu"] + stats["fg_lost_frac"])
+
+
+class RealStream:
+    """Real crops (B, 1, S, S) for engine step `step`: batch step % spe of epoch step // spe, drawn from
+    engine.epoch_loader (deterministic order; a resumed run continues mid-epoch)."""
+
+    def __init__(self, dataset, run, batch_size: int, steps_per_epoch: int):
+        self.dataset, self.run, self.B, self.spe = dataset, run, batch_size, steps_per_epoch
+        self.it, self.next_pos = None, None
+
+    def get(self, step: int) -> Tensor:
+        from stages import engine
+        pos = divmod(step, self.spe)
+        if self.it is None or pos != self.next_pos:
+            self.it = iter(engine.epoch_loader(self.dataset, self.run, self.B, pos[0], start_batch=pos[1]))
+        batch = next(self.it)
+        self.next_pos = (pos[0], pos[1] + 1) if pos[1] + 1 < self.spe else None
+        return batch["depth"].to(self.run.device, non_blocking=True)
+
+
+def build_pose_term(cfg: Config, renderer, device: torch.device) -> Callable[[dict], PoseTerm] | None:
+    """Pose consistency (spec 9.2) through the frozen pose network cfg.gan_pose_net, or None when
+    w_gan_pose = 0.  Returns batch -> (translated -> unweighted L_pose); gradients reach G_A only."""
+    if cfg.w_gan_pose <= 0:
+        return None
+    if not cfg.gan_pose_net:
+        raise ValueError("w_gan_pose > 0 needs gan_pose_net=<checkpoint of a pose network pretrained "
+                         "on untranslated synthetic crops>")
+    import dataclasses
+
+    from losses.translation import pose_consistency
+    from models.dual_branch import DualBranchNet
+    from stages import engine
+    ck = engine.load_checkpoint(cfg.gan_pose_net)
+    arch = {k: ck["config"][k] for k in ("net", "stage_num", "map_size") if k in ck.get("config", {})}
+    net = DualBranchNet(dataclasses.replace(cfg, **arch), renderer).to(device)
+    net.load_state_dict(ck["model"])
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+
+    def for_batch(batch: dict) -> PoseTerm:
+        K_crop = batch["M"] @ batch["K"]
+        return lambda fake: pose_consistency(
+            net(fake, batch["center"], batch["cube"], K_crop)[-1].maps, batch["clean"], batch["joints_uvd"],
+            cfg.kernel_radius_nu, cfg.softmax_temperature, cfg.huber_delta_nu, cfg.fg_threshold_nu)
+    return for_batch
+
+
+def held_out_synthetic(synth, n: int, seed: int, device: torch.device, chunk: int = 64) -> tuple[Tensor, Tensor]:
+    """n fixed synthetic clean crops (n, 1, S, S) and their cube_z (n,) mm, from their own seed."""
+    g = torch.Generator(device).manual_seed(seed)
+    parts = [synth.batch(min(chunk, n - i), g, device) for i in range(0, n, chunk)]
+    return torch.cat([p["clean"] for p in parts]), torch.cat([p["cube"][:, 2] for p in parts])
+
+
+def run(cfg: Config) -> dict:
+    """Train the translator; checkpoints out_dir/latest.pt and best.pt (engine format, 'model' holds
+    G_A, G_B, D_A, D_B; best = latest step meeting the spec 9.2 acceptance on held-out synthetic crops)."""
+    from datasets import build_dataset
+    from datasets.synthetic import SyntheticHands
+    from models.mano import build_hand_model
+    from render.camera import CROP_SIZE
+    from render.hand_renderer import HandRenderer
+    from stages import engine
+    if cfg.dataset == "simreal":
+        from datasets.simreal import ensure_simreal
+        ensure_simreal(cfg)
+    run_ = engine.setup(cfg)
+    dev, B = run_.device, cfg.gan_batch_size
+    real = build_dataset(cfg, "train", labels=False)
+    spe = len(real) // run_.world_size // B
+    if spe < 1:
+        raise ValueError(f"{len(real)} real training crops are fewer than one batch of gan_batch_size={B}")
+    total = spe * (cfg.gan_epochs_constant + cfg.gan_epochs_decay)
+    total = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+    hand_model = build_hand_model(cfg).to(dev)
+    renderer = HandRenderer(hand_model, size=CROP_SIZE)
+    renderer = renderer.to(dev) if isinstance(renderer, nn.Module) else renderer
+    synth = SyntheticHands(cfg, hand_model, renderer, cfg.gan_synth_rotation)
+    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf).to(dev)
+    net = engine.wrap_model(model, run_)
+    opt, sched = make_optimizer(model, cfg)
+    gen, pool_gen = torch.Generator(dev).manual_seed(run_.seed), torch.Generator().manual_seed(run_.seed + 1)
+    pools = {"pool_A": ImagePool(cfg.gan_pool_size, pool_gen), "pool_B": ImagePool(cfg.gan_pool_size, pool_gen)}
+    pose_for = build_pose_term(cfg, renderer, dev)
+    val_clean, val_cube = held_out_synthetic(synth, cfg.val_size, cfg.seed + 104_729, dev)
+    stream, last = RealStream(real, run_, B, spe), {}
+    run_.print(f"transfer: A = synthetic clean crops (rotation {cfg.gan_synth_rotation}, occlusion "
+               f"{cfg.synth_occlusion}), B = {len(real)} real '{cfg.dataset}' training crops; G ngf={cfg.gan_ngf} "
+               f"blocks={cfg.gan_blocks}, D ndf={cfg.gan_ndf}; batch {B}, {spe} steps/epoch, {total} steps; "
+               f"pose consistency {'on' if pose_for else 'off'}")
+
+    def step_fn(step: int) -> dict[str, Tensor]:
+        x_r = stream.get(step)
+        batch = synth.batch(B, gen, dev)
+        x_s = batch["clean"]
+        with run_.autocast():
+            out = net(x_s, x_r, pools["pool_A"], pools["pool_B"], identity=cfg.w_gan_idt > 0)
+        losses = cyclegan_losses(out, x_s, x_r, cfg, pose_for(batch) if pose_for else None)
+        last.update(synthetic=x_s, real=x_r, **{k: out[k] for k in ("translated", "reconstructed", "real_to_synthetic")})
+        return losses
+
+    def validate_fn(step: int) -> dict[str, float]:
+        st = validate_translator(model.G_A, val_clean, val_cube, cfg)
+        st["select"] = selection_key(st, step + 1)
+        return st
+
+    result = engine.train(run_, net, opt, sched, step_fn, total, spe, validate_fn=validate_fn, best_key="select",
+                          generators=[gen, pool_gen], image_fn=lambda step: {"transfer/images": translation_grid(last)},
+                          state_extra=pools)
+    engine.teardown(run_)
+    return result

@@ -9,8 +9,8 @@ from config import make_config
 from losses.translation import (cycle_loss, erode_mask, foreground_consistency, foreground_fidelity,
                                 hand_mask, lsgan_discriminator_loss, lsgan_generator_loss,
                                 symmetric_foreground_consistency)
-from models.translator import (ImagePool, PatchDiscriminator, ResnetGenerator, build_networks,
-                               load_translator, snap_background, translate, translator_state)
+from models.translator import (ImagePool, PatchDiscriminator, ResnetGenerator, load_translator,
+                               snap_background, translate)
 
 FG = 0.99
 
@@ -167,47 +167,81 @@ def tiny_cfg(**kw):
     return make_config([], gan_ngf=4, gan_blocks=1, gan_ndf=4, gan_pool_size=4, **kw)
 
 
-def test_steps_reduce_losses():
-    from stages.transfer import CycleGAN
+def test_single_backward_equals_alternating_updates():
+    """Generator terms give D no gradient; discriminator terms give G no gradient."""
+    from stages.transfer import ConsisCycleGAN, cyclegan_losses
     torch.manual_seed(0)
-    cfg = tiny_cfg(gan_lr=2e-3)
-    gan = CycleGAN(cfg, torch.device("cpu"))
+    cfg = tiny_cfg()
+    model = ConsisCycleGAN(4, 1, 4)
+    x_s, x_r = blob_crops(2, 32, 1), blob_crops(2, 32, 2)
+    t = cyclegan_losses(model(x_s, x_r), x_s, x_r, cfg)
+    g_grads = torch.autograd.grad(t["G"], list(model.parameters()), allow_unused=True)
+    names = [n for n, _ in model.named_parameters()]
+    assert all(g is None for n, g in zip(names, g_grads) if n.startswith("D_"))
+    assert all(g is not None for n, g in zip(names, g_grads) if n.startswith("G_"))
+    t = cyclegan_losses(model(x_s, x_r), x_s, x_r, cfg)
+    d_grads = torch.autograd.grad(t["D"], list(model.parameters()), allow_unused=True)
+    assert all(g is None for n, g in zip(names, d_grads) if n.startswith("G_"))
+    assert all(g is not None for n, g in zip(names, d_grads) if n.startswith("D_"))
+
+
+def train_tiny(steps: int, lr: float = 2e-3):
+    from stages.transfer import ConsisCycleGAN, cyclegan_losses, make_optimizer
+    torch.manual_seed(0)
+    cfg = tiny_cfg(gan_lr=lr)
+    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf)
+    opt, _ = make_optimizer(model, cfg)
+    pool = ImagePool(4, torch.Generator().manual_seed(0)), ImagePool(4, torch.Generator().manual_seed(1))
     x_s, x_r = blob_crops(4, 32, seed=1), blob_crops(4, 32, seed=2).clamp(max=0.995) * 0.9
-    hist = [gan.step(x_s, x_r)[0] for _ in range(25)]
+    hist = []
+    for _ in range(steps):
+        t = cyclegan_losses(model(x_s, x_r, *pool), x_s, x_r, cfg)
+        opt.zero_grad()
+        t["loss"].backward()
+        opt.step()
+        hist.append({k: float(v.detach()) for k, v in t.items()})
+    return model, cfg, hist
+
+
+def test_steps_reduce_losses():
+    _, _, hist = train_tiny(25)
     for key in ("fg", "cyc", "idt", "G"):
         first, last = sum(h[key] for h in hist[:3]) / 3, sum(h[key] for h in hist[-3:]) / 3
         assert last < 0.7 * first, (key, first, last)
     assert all(torch.isfinite(torch.tensor(h["D"])) for h in hist)
 
 
+def test_lr_schedule():
+    from stages.transfer import lr_factor
+    assert [lr_factor(e, 2, 3) for e in range(6)] == [1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+
+
 def test_checkpoint_round_trip(tmp_path):
-    from stages.transfer import CycleGAN
-    torch.manual_seed(0)
-    gan = CycleGAN(tiny_cfg(), torch.device("cpu"))
-    gan.step(blob_crops(2, 32, 1), blob_crops(2, 32, 2))
+    model, cfg, _ = train_tiny(2)
     path = tmp_path / "latest.pt"
-    torch.save({"step": 1, "extra": gan.state_dict()}, path)
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "step": 2}, path)
     G = load_translator(str(path), "cpu")
     assert not G.training and not any(p.requires_grad for p in G.parameters())
     x = blob_crops(2, 32, 5)
-    gan.nets["G_A"].eval()
+    model.eval()
     with torch.no_grad():
-        assert torch.equal(G(x), gan.nets["G_A"](x))
-    gan2 = CycleGAN(tiny_cfg(), torch.device("cpu"))
-    gan2.load_state_dict(torch.load(path, weights_only=False)["extra"])
-    for k in ("G_A", "G_B", "D_A", "D_B"):
-        for a, b in zip(gan.nets[k].state_dict().values(), gan2.nets[k].state_dict().values()):
-            assert torch.equal(a, b)
-    assert load_translator("", "cpu") is None
+        ref = model.G_A(x)
+    assert torch.equal(translate(G, x), ref)
+    assert load_translator("", "cpu") is None and load_translator(None) is None
     with pytest.raises(FileNotFoundError):
         load_translator(str(tmp_path / "missing.pt"), "cpu")
-    torch.save({"model": {}}, tmp_path / "other.pt")
+    torch.save({"model": {"conv.weight": torch.zeros(1)}, "config": cfg.to_dict()}, tmp_path / "other.pt")
     with pytest.raises(KeyError):
         load_translator(str(tmp_path / "other.pt"), "cpu")
 
 
-def test_translator_state_keys():
-    nets = build_networks(2, 1, 2)
-    st = translator_state(nets["G_A"], nets["G_B"], nets["D_A"], nets["D_B"])
-    assert st["arch"]["G"] == {"in_ch": 1, "out_ch": 1, "ngf": 2, "n_blocks": 1}
-    assert set(st) == {"arch", "G_A", "G_B", "D_A", "D_B"}
+def test_validation_and_selection():
+    from stages.transfer import selection_key, translation_grid, validate_translator
+    cfg = tiny_cfg()
+    x = blob_crops(3, 32)
+    st = validate_translator(nn.Identity(), x, torch.full((3,), 250.0), cfg)
+    assert st["fg_abs_nu"] == 0.0 and st["fg_lost_frac"] == 0.0 and st["out_of_range"] == 0.0
+    assert selection_key(st, 200) < selection_key(st, 100) < selection_key({"fg_abs_nu": 0.05, "fg_lost_frac": 0}, 300)
+    imgs = {k: x for k in ("synthetic", "translated", "reconstructed", "real", "real_to_synthetic")}
+    g = translation_grid(imgs, n=2)
+    assert g.shape == (3, 64, 160) and g.min() >= 0 and g.max() <= 1
