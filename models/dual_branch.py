@@ -1,0 +1,103 @@
+"""The dual-branch network (spec 5): PWE dense maps + MPE MANO parameters, optional refinement stage.
+
+    net = DualBranchNet(cfg, renderer)        # renderer: render.hand_renderer.HandRenderer (stage_num=2)
+    outs = net(depth, center, cube, K_crop)   # list of StageOutput, one per stage
+    joints_uvd = decode_joints(outs[-1].maps, depth, cfg)
+
+The renderer is held as a plain attribute (not a sub-module): its buffers stay out of the network's
+state_dict and DDP; put it on the network's device yourself.  Rendering and the rendered-pose encoding
+run in float32 with autocast disabled (R2).  Nothing is detached inside forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from config import Config
+from datasets.joints import NUM_JOINTS
+from models import densemap
+from models.backbone import NET_WIDTHS, Body, Decoder, Heads, Stem, init_weights
+
+NUM_PARAMS = 62
+MAP_CHANNELS = 4 * NUM_JOINTS
+
+
+@dataclass
+class StageOutput:
+    """maps (B, 84, F, F); params (B, 62) network space (nu); render: the HandRender of these params
+    made as the next stage's input (stage 1 of a 2-stage net), else None."""
+    maps: Tensor
+    params: Tensor
+    render: object | None = None
+
+
+def decode_joints(maps: Tensor, ref_depth: Tensor, cfg: Config) -> Tensor:
+    """PWE joints (B, J, 3) normalized uvd from maps (B, 4J, F, F) and the reference crop (B, 1, S, S)."""
+    return densemap.decode(maps.float(), ref_depth.float(), cfg.kernel_radius_nu, cfg.softmax_temperature,
+                           cfg.fg_threshold_nu)
+
+
+def encode_joints(joints_uvd: Tensor, ref_depth: Tensor, cfg: Config) -> Tensor:
+    """Dense-map targets (B, 4J, F, F) of joints (B, J, 3) uvd with reference crop (B, 1, S, S)."""
+    return densemap.encode(joints_uvd.float(), ref_depth.float(), cfg.map_size, cfg.kernel_radius_nu,
+                           cfg.fg_threshold_nu)
+
+
+class Stage(nn.Module):
+    """Body (B, c_in, 64, 64) -> decoder features (B, D, 64, 64), maps, params."""
+
+    def __init__(self, c_in: int, widths: tuple[int, ...], dec_width: int):
+        super().__init__()
+        self.body = Body(c_in, widths)
+        self.decoder = Decoder(widths[-1], dec_width)
+        self.heads = Heads(dec_width, widths[-1], NUM_JOINTS, NUM_PARAMS)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        body = self.body(x)
+        dec = self.decoder(body)
+        maps, params = self.heads(dec, body)
+        return dec, maps, params
+
+
+class DualBranchNet(nn.Module):
+    """Stage 1 (stem + ResNet-18 body + decoder + heads) and, with cfg.stage_num = 2, the refinement stage
+    fed by stem features, stage-1 decoder features, maps1 and the encoding of the rendered stage-1 hand."""
+
+    def __init__(self, cfg: Config, renderer=None):
+        super().__init__()
+        if cfg.stage_num == 2 and renderer is None:
+            raise ValueError("stage_num=2 needs a renderer (render.hand_renderer.HandRenderer)")
+        stem_w, widths, dec_w = NET_WIDTHS[cfg.net]
+        self.cfg = cfg
+        self.__dict__["renderer"] = renderer               # not a sub-module (see module docstring)
+        self.stem = Stem(stem_w)
+        self.stage1 = Stage(stem_w, widths, dec_w)
+        if cfg.stage_num == 2:
+            fused = stem_w + dec_w + 2 * MAP_CHANNELS       # 64 + 256 + 84 + 84 = 488 for resnet18
+            self.fuse = nn.Sequential(nn.Conv2d(fused, dec_w, 3, 1, 1, bias=True), nn.BatchNorm2d(dec_w),
+                                      nn.ReLU(inplace=True))
+            self.stage2 = Stage(dec_w, widths, dec_w)
+        init_weights(self)
+        for m in self.modules():
+            if isinstance(m, Heads):
+                m.reset_parameters()
+
+    def render_input(self, params: Tensor, center: Tensor, cube: Tensor, K_crop: Tensor):
+        """Render params (B, 62) in float32 without autocast -> HandRender."""
+        with torch.autocast(params.device.type, enabled=False):
+            return self.renderer.render_params(params.float(), center.float(), cube.float(), K_crop.float())
+
+    def forward(self, depth: Tensor, center: Tensor, cube: Tensor, K_crop: Tensor) -> list[StageOutput]:
+        """depth (B, 1, 128, 128) normalized; center, cube (B, 3) mm; K_crop (B, 3, 3) -> [StageOutput]."""
+        stem = self.stem(depth)
+        dec1, maps1, params1 = self.stage1(stem)
+        if self.cfg.stage_num == 1:
+            return [StageOutput(maps1, params1)]
+        render = self.render_input(params1, center, cube, K_crop)
+        with torch.autocast(depth.device.type, enabled=False):
+            pose_maps = encode_joints(render.joints_uvd, render.depth, self.cfg)
+        fused = self.fuse(torch.cat([stem, dec1, maps1, pose_maps.to(maps1.dtype)], dim=1))
+        _, maps2, params2 = self.stage2(fused)
+        return [StageOutput(maps1, params1, render), StageOutput(maps2, params2)]
