@@ -15,7 +15,9 @@ Provenance and convention of each supported file (R5):
 | msra | `center_{train,test}_{k}_refined.txt` | V2V-PoseNet release, fold k | xyz mm, y-up, z positive | y -> -y |
 
 The uvd variant is told apart from xyz by value ranges: uvd when no value of the first two columns is
-negative and all lie within the image (u in [0, W], v in [0, H]); xyz files hold signed millimetres.
+negative and all lie within the image (u in [0, W], v in [0, H]) while some row read as xyz would project
+outside the image; xyz files hold signed millimetres.  Files that fit both readings (a few frames all in
+one image quadrant) are read as xyz with a warning; `fmt` / cfg.center_format decides explicitly.
 """
 from __future__ import annotations
 
@@ -78,14 +80,6 @@ def parse_center_lines(text: str, path: str | Path = "<text>") -> tuple[np.ndarr
     return np.asarray(rows, dtype=np.float64), np.asarray(valid, dtype=bool)
 
 
-def looks_like_uvd(values: np.ndarray, valid: np.ndarray, width: int, height: int) -> bool:
-    """True when every valid row has 0 <= u <= width and 0 <= v <= height (uvd variant)."""
-    v = values[valid]
-    if v.size == 0:
-        return False
-    return bool(np.all((v[:, 0] >= 0) & (v[:, 0] <= width) & (v[:, 1] >= 0) & (v[:, 1] <= height) & (v[:, 2] > 0)))
-
-
 def convert_centers(values: np.ndarray, convention: CenterConvention, K: np.ndarray,
                     is_uvd: bool) -> np.ndarray:
     """File values (N, 3) -> camera mm y-down (N, 3) with the project's intrinsics K (3, 3)."""
@@ -103,6 +97,26 @@ def convert_centers(values: np.ndarray, convention: CenterConvention, K: np.ndar
     return xyz.numpy()
 
 
+def looks_like_uvd(values: np.ndarray, valid: np.ndarray, width: int, height: int,
+                   convention: CenterConvention, K: np.ndarray, path: str | Path = "<text>") -> bool:
+    """uvd variant when every valid row has 0 <= u <= width, 0 <= v <= height, d > 0 and at least one
+    row, read as xyz, would project outside the image.  When every row fits both readings (small files)
+    the V2V xyz format is assumed, with a warning (set center_format to decide)."""
+    v = values[valid]
+    if v.size == 0:
+        return False
+    in_range = np.all((v[:, 0] >= 0) & (v[:, 0] <= width) & (v[:, 1] >= 0) & (v[:, 1] <= height) & (v[:, 2] > 0))
+    if not in_range:
+        return False
+    uv = project(torch.as_tensor(convert_centers(v, convention, K, False)), torch.as_tensor(K, dtype=torch.float64))
+    outside = (uv[:, 0] < -0.5) | (uv[:, 0] > width - 0.5) | (uv[:, 1] < -0.5) | (uv[:, 1] > height - 0.5)
+    if bool(outside.any()):
+        return True
+    log.warning("%s: every centre line reads as valid uvd and as valid xyz; assuming xyz (V2V format). "
+                "Set center_format=uvd if the file holds u v d.", path)
+    return False
+
+
 def load_centers(path: str | Path, convention: CenterConvention, K: np.ndarray, width: int, height: int,
                  fmt: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Read a refined-centre file -> (centres (N, 3) camera mm y-down, NaN where invalid; valid (N,)).
@@ -115,7 +129,7 @@ def load_centers(path: str | Path, convention: CenterConvention, K: np.ndarray, 
     values, valid = parse_center_lines(p.read_text(), p)
     if fmt not in ("auto", "xyz", "uvd"):
         raise ValueError(f"fmt must be auto, xyz or uvd, got {fmt!r}")
-    is_uvd = looks_like_uvd(values, valid, width, height) if fmt == "auto" else fmt == "uvd"
+    is_uvd = looks_like_uvd(values, valid, width, height, convention, K, p) if fmt == "auto" else fmt == "uvd"
     out = convert_centers(values, convention, K, is_uvd)
     n_bad = int((~valid).sum())
     if n_bad:

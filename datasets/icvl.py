@@ -98,7 +98,8 @@ def build_icvl(cfg, split: str, labels: bool) -> CropDataset:
                  base / f"center_{sub}_refined.txt")
     if not cfile.is_file():
         raise DatasetError(f"icvl: centre file not found: {cfile}\n{EXPECTED_TREE}")
-    centers, valid = load_centers(cfile, CENTER_CONVENTIONS["icvl"], K, cfg.image_width, cfg.image_height)
+    centers, valid = load_centers(cfile, CENTER_CONVENTIONS["icvl"], K, cfg.image_width, cfg.image_height,
+                                  getattr(cfg, "center_format", "auto"))
     if len(centers) != len(names):
         raise DatasetError(f"{cfile}: {len(centers)} centre lines for {len(names)} {sub} frames (one line per "
                            f"frame in sorted order expected)")

@@ -51,7 +51,7 @@ def read_joint_file(path: Path) -> np.ndarray:
     lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
     try:
         n = int(lines[0][0])
-        vals = np.asarray(lines[1:1 + n], dtype=np.float64)
+        vals = np.asarray(lines[1:1 + n], dtype=np.float64) if n else np.zeros((0, 3 * NUM_JOINTS))
     except (ValueError, IndexError):
         raise DatasetError(f"{path}: expected a frame count, then lines of {3 * NUM_JOINTS} numbers") from None
     if vals.shape != (n, 3 * NUM_JOINTS):
@@ -92,7 +92,8 @@ def build_msra(cfg, split: str, labels: bool) -> CropDataset:
                  root / f"center_{sub}_{k}_refined.txt")
     if not cfile.is_file():
         raise DatasetError(f"msra: centre file not found: {cfile}\n{EXPECTED_TREE}")
-    centers, valid = load_centers(cfile, CENTER_CONVENTIONS["msra"], K, cfg.image_width, cfg.image_height)
+    centers, valid = load_centers(cfile, CENTER_CONVENTIONS["msra"], K, cfg.image_width, cfg.image_height,
+                                  getattr(cfg, "center_format", "auto"))
     if len(centers) != len(paths):
         raise DatasetError(f"{cfile}: {len(centers)} centre lines for {len(paths)} frames of subjects {subjects}")
     ids = np.arange(len(paths), dtype=np.int64)

@@ -100,7 +100,8 @@ def build_nyu(cfg, split: str, labels: bool, name: str = "nyu") -> CropDataset:
     cfile = Path(cfile)
     if not cfile.is_file():
         raise DatasetError(f"{name}: centre file not found: {cfile}\n{EXPECTED_TREE}")
-    centers, valid = load_centers(cfile, center_convention(cfile), K, cfg.image_width, cfg.image_height)
+    centers, valid = load_centers(cfile, center_convention(cfile), K, cfg.image_width, cfg.image_height,
+                                  getattr(cfg, "center_format", "auto"))
     if ids[-1] >= len(centers):
         raise DatasetError(f"{cfile}: {len(centers)} centre lines but frame {paths[-1].name} needs line {ids[-1] + 1}")
     cubes = np.tile(np.asarray(cfg.cube_mm, dtype=np.float64), (len(ids), 1))
