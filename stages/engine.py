@@ -28,7 +28,8 @@ A non-finite loss saves `last_good.pt` (the weights before that step) and raises
 naming the step and every loss term.
 
 Other helpers: `select_device`, `seed_everything`, `worker_init_fn`, `epoch_loader` (deterministic
-DistributedSampler-based DataLoader that can start mid-epoch), `save_checkpoint` / `load_checkpoint`
+DistributedSampler-based DataLoader that can start mid-epoch), `BatchStream` (the batch of step t),
+`save_checkpoint` / `load_checkpoint`
 (`CheckpointError` names the file), `load_weights` (name-matched init from any of our checkpoints),
 `image_grid` (depth | rendering | joints drawn on the crop), `unwrap`.
 """
@@ -190,6 +191,22 @@ def epoch_loader(dataset, run: Run, batch_size: int, epoch: int, start_batch: in
                                        num_workers=run.cfg.num_workers, worker_init_fn=worker_init_fn,
                                        generator=gen, persistent_workers=False,
                                        pin_memory=run.device.type == "cuda")
+
+
+class BatchStream:
+    """Batches of `dataset` by optimizer step: step t reads batch t % steps_per_epoch of epoch
+    t // steps_per_epoch (epoch_loader order), so a resumed run reads the same batches."""
+
+    def __init__(self, dataset, run: Run, batch_size: int, steps_per_epoch: int):
+        self.dataset, self.run, self.batch_size, self.spe = dataset, run, batch_size, steps_per_epoch
+        self.iterator, self.next_step = None, None
+
+    def batch(self, step: int) -> dict:
+        if self.iterator is None or step != self.next_step or step % self.spe == 0:
+            epoch, start = divmod(step, self.spe)
+            self.iterator = iter(epoch_loader(self.dataset, self.run, self.batch_size, epoch, start))
+        self.next_step = step + 1
+        return next(self.iterator)
 
 
 # ---------------------------------------------------------------------------------------------
