@@ -1,0 +1,98 @@
+"""Huber (T12), pretraining loss terms, and the pretraining stage: overfit (T20, small) and determinism
+(T22, small) on the stand-in hand."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from config import make_config
+from losses.huber import huber
+from losses.pretrain import map_channels, pretrain_losses
+from models import densemap
+from models.dual_branch import StageOutput
+
+S = 128
+
+
+@pytest.mark.parametrize("z,value", [(0.005, 0.5 * 0.005 ** 2), (0.01, 0.01 * 0.005), (0.02, 0.01 * 0.015),
+                                     (1.0, 0.01 * 0.995)])
+def test_huber_values_t12(z, value):
+    got = huber(torch.tensor([z], dtype=torch.float64), torch.zeros(1), 0.01)
+    assert abs(got.item() - value) < 1e-9
+    if z >= 0.01:
+        assert abs(100 * got.item() - (z - 0.005)) < 1e-7
+    assert abs(huber(torch.tensor([-z]), torch.zeros(1), 0.01).item() - value) < 1e-9
+
+
+class LineHand:
+    """Stub hand model: joints / vertices = fixed base shapes shifted by the translation t = params[59:62]."""
+
+    def __init__(self, gen):
+        self.joints = 0.3 * torch.rand(21, 3, generator=gen) - 0.15
+        self.verts = 0.3 * torch.rand(50, 3, generator=gen) - 0.15
+
+    def network_space(self, params):
+        t = params[:, None, 59:62]
+        return self.verts + t, self.joints + t
+
+
+def _crop():
+    t = (2.0 * torch.arange(S) + 1.0) / S - 1.0
+    v, u = torch.meshgrid(t, t, indexing="ij")
+    return torch.where(u ** 2 + v ** 2 < 0.5, 0.1 * u, torch.ones_like(u))[None, None]
+
+
+def _perfect(cfg, gen):
+    hand = LineHand(gen)
+    ref = _crop()
+    params = torch.zeros(1, 62)
+    params[0, 58] = 1.0
+    verts, joints = hand.network_space(params)
+    uvd = joints.clone()
+    uvd[..., 2] = 0.1 * uvd[..., 0]          # on the crop's surface: every joint near a foreground cell
+    targets = {"joints_uvd": uvd, "joints_xyz": joints, "verts_xyz": verts}
+    maps = densemap.encode(uvd, ref, cfg.map_size, cfg.kernel_radius_nu)
+    return hand, ref, params, maps, targets
+
+
+def test_perfect_prediction_has_zero_terms_and_priors_follow_definitions():
+    cfg = make_config([], net="tiny")
+    hand, ref, params, maps, targets = _perfect(cfg, torch.Generator().manual_seed(0))
+    params[0, 48:58] = 0.2
+    params[0, 58] = -0.5
+    terms = pretrain_losses([StageOutput(maps, params)], targets, ref, hand, cfg)
+    assert set(terms) == {f"s1/{k}" for k in ("maps", "pwe_joints", "mpe_joints", "mpe_verts", "shape_prior", "scale")}
+    for k in ("maps", "pwe_joints", "mpe_joints", "mpe_verts"):
+        assert terms[f"s1/{k}"].item() < 1e-9, k
+    assert abs(terms["s1/shape_prior"].item() - cfg.w_shape_prior * 0.04) < 1e-6
+    assert abs(terms["s1/scale"].item() - cfg.w_scale * 0.5) < 1e-7
+
+
+def test_joint_offset_gives_l1_value_and_render_is_used_when_present():
+    cfg = make_config([], net="tiny")
+    hand, ref, params, maps, targets = _perfect(cfg, torch.Generator().manual_seed(1))
+    shifted = params.clone()
+    shifted[0, 59] += 0.1                                   # MANO joints and vertices 0.1 nu off in x
+    terms = pretrain_losses([StageOutput(maps, shifted)], targets, ref, hand, cfg)
+    expect = cfg.w_mpe_joints * 0.01 * (0.1 - 0.005) / 3   # L1 branch of H, averaged over x, y, z
+    assert abs(terms["s1/mpe_joints"].item() - expect) < 1e-6
+    render = SimpleNamespace(verts_xyz=targets["verts_xyz"], joints_xyz=targets["joints_xyz"])
+    terms = pretrain_losses([StageOutput(maps, shifted, render)], targets, ref, hand, cfg)
+    assert terms["s1/mpe_joints"].item() < 1e-9              # the stage's rendering is reused (R11)
+
+
+def test_subset_of_joints_compares_only_their_channels():
+    cfg = make_config([], net="tiny")
+    hand, ref, params, maps, targets = _perfect(cfg, torch.Generator().manual_seed(2))
+    ids = (0, 5, 17)
+    sub = {"joints_uvd": targets["joints_uvd"][:, ids], "joints_xyz": targets["joints_xyz"][:, ids]}
+    noisy = maps.clone()
+    others = [c for c in range(84) if c not in map_channels(ids)]
+    noisy[:, others] += 0.3
+    terms = pretrain_losses([StageOutput(noisy, params)], sub, ref, hand, cfg, joint_ids=ids, priors=False)
+    assert set(terms) == {"s1/maps", "s1/pwe_joints", "s1/mpe_joints"}
+    assert all(v.item() < 1e-9 for v in terms.values())
+    noisy[:, map_channels(ids)[0]] += 0.3
+    assert pretrain_losses([StageOutput(noisy, params)], sub, ref, hand, cfg, joint_ids=ids)["s1/maps"] > 1e-4
