@@ -135,7 +135,7 @@ def selection_key(stats: dict[str, float], step: int) -> float:
     a failing step ranks after every accepted one, by its foreground deviation."""
     if stats["fg_abs_nu"] <= ACCEPT_FG_ABS_NU and stats["fg_lost_frac"] <= ACCEPT_LOST_FRAC:
         return -float(step)
-    return 1e9 * (1.0 + stats["fg_abs_nu"] + stats["fg_lost_frac"])
+    return 1e6 * (1.0 + stats["fg_abs_nu"] + stats["fg_lost_frac"])
 
 
 class RealStream:
