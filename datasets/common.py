@@ -199,7 +199,7 @@ def drop_invalid(table: FrameTable, valid: np.ndarray, what: str) -> FrameTable:
 class CropDataset(Dataset):
     """Real frames -> sample dictionaries (ARCHITECTURE.md).
 
-    reader(path) -> (H, W) float32 mm (0 = missing), before mirroring; K (3, 3) full-frame intrinsics;
+    reader(path) -> (H, W) mm (float32 or uint16; 0 = missing), before mirroring; K (3, 3) full-frame intrinsics;
     augment: AugmentParams for training crops or None; mirror: mirror frames about cx (the table's
     centres and labels must already be mirrored).  Random draws use a per-process generator seeded
     from torch.initial_seed() (each DataLoader worker differs, reproducible under a seeded run).
@@ -229,7 +229,7 @@ class CropDataset(Dataset):
         return self._gen
 
     def load_frame(self, i: int) -> np.ndarray:
-        """Frame i (H, W) float32 mm, mirrored where the dataset is."""
+        """Frame i (H, W) in mm (float32, or uint16 from raw PNG readers), mirrored where the dataset is."""
         path = self.table.paths[i]
         frame = self.reader(path)
         if self.frame_hw is not None and frame.shape != tuple(self.frame_hw):

@@ -1,6 +1,7 @@
 """Depth image readers and writers of the dataset formats (datasets.md 2.2, 3.1, 4.2).
 
-Every reader returns a full frame (H, W) float32 in millimetres, 0 = missing, and raises
+Every reader returns a full frame (H, W) float32 in millimetres (PNG readers: uint16 with raw=True),
+0 = missing, and raises
 `DatasetError` naming the file when it is missing or unreadable.
 
 Formats
@@ -34,16 +35,17 @@ def _imread(path: str | Path) -> np.ndarray:
 
 
 def decode_nyu_rgb(img_bgr: np.ndarray) -> np.ndarray:
-    """NYU 8-bit image as read by OpenCV (H, W, 3) BGR -> depth (H, W) float32 mm = 256*G + B."""
-    return (img_bgr[..., 1].astype(np.float32) * 256.0 + img_bgr[..., 0].astype(np.float32))
+    """NYU 8-bit image as read by OpenCV (H, W, 3) BGR -> depth (H, W) uint16 mm = 256*G + B."""
+    return (img_bgr[..., 1].astype(np.uint16) << 8) | img_bgr[..., 0]
 
 
-def read_nyu_depth(path: str | Path) -> np.ndarray:
-    """NYU depth PNG -> (H, W) float32 mm."""
+def read_nyu_depth(path: str | Path, raw: bool = False) -> np.ndarray:
+    """NYU depth PNG -> (H, W) float32 mm (raw=True: the uint16 mm array, cheaper for cropping)."""
     img = _imread(path)
     if img.ndim != 3 or img.shape[2] < 3 or img.dtype != np.uint8:
         raise DatasetError(f"{path}: expected an 8-bit RGB NYU depth PNG, got shape {img.shape} {img.dtype}")
-    return decode_nyu_rgb(img)
+    d = decode_nyu_rgb(img)
+    return d if raw else d.astype(np.float32)
 
 
 def write_nyu_depth(path: str | Path, depth_mm: np.ndarray) -> None:
@@ -55,12 +57,12 @@ def write_nyu_depth(path: str | Path, depth_mm: np.ndarray) -> None:
         raise DatasetError(f"could not write {path}")
 
 
-def read_png16(path: str | Path) -> np.ndarray:
-    """16-bit single-channel PNG in mm -> (H, W) float32 mm."""
+def read_png16(path: str | Path, raw: bool = False) -> np.ndarray:
+    """16-bit single-channel PNG in mm -> (H, W) float32 mm (raw=True: the uint16 array)."""
     img = _imread(path)
     if img.ndim != 2 or img.dtype != np.uint16:
         raise DatasetError(f"{path}: expected a 16-bit single-channel depth PNG, got shape {img.shape} {img.dtype}")
-    return img.astype(np.float32)
+    return img if raw else img.astype(np.float32)
 
 
 def write_png16(path: str | Path, depth_mm: np.ndarray) -> None:
@@ -130,5 +132,5 @@ def read_depth(path: str | Path) -> np.ndarray:
     if img.ndim == 2 and img.dtype == np.uint16:
         return img.astype(np.float32)
     if img.ndim == 3 and img.dtype == np.uint8 and img.shape[2] >= 3:
-        return decode_nyu_rgb(img)
+        return decode_nyu_rgb(img).astype(np.float32)
     raise DatasetError(f"{p}: unsupported depth image (shape {img.shape}, {img.dtype})")

@@ -8,6 +8,7 @@ Centre files must list one line per enumerated frame in that order.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -115,5 +116,6 @@ def build_icvl(cfg, split: str, labels: bool) -> CropDataset:
     table = select_split(table, split, cfg.val_fraction, cfg.max_frames)
     aug = AugmentParams(cfg.aug_center_shift_mm, cfg.aug_cube_scale, cfg.aug_rotation_deg) \
         if (split == "train" and cfg.augment) else None
-    return CropDataset(table, read_png16, K, augment=aug, mirror=bool(cfg.mirror), fg_threshold=cfg.fg_threshold_nu,
-                       frame_hw=(cfg.image_height, cfg.image_width), name=f"icvl {split}")
+    return CropDataset(table, partial(read_png16, raw=True), K, augment=aug, mirror=bool(cfg.mirror),
+                       fg_threshold=cfg.fg_threshold_nu, frame_hw=(cfg.image_height, cfg.image_width),
+                       name=f"icvl {split}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import partial
 from pathlib import Path
 from typing import Iterable
 
@@ -118,7 +119,7 @@ def build_nyu(cfg, split: str, labels: bool, name: str = "nyu") -> CropDataset:
     table = select_split(table, split, cfg.val_fraction, cfg.max_frames)
     aug = AugmentParams(cfg.aug_center_shift_mm, cfg.aug_cube_scale, cfg.aug_rotation_deg) \
         if (split == "train" and cfg.augment) else None
-    return CropDataset(table, read_nyu_depth, K, augment=aug, mirror=bool(cfg.mirror),
+    return CropDataset(table, partial(read_nyu_depth, raw=True), K, augment=aug, mirror=bool(cfg.mirror),
                        fg_threshold=cfg.fg_threshold_nu, frame_hw=(cfg.image_height, cfg.image_width),
                        name=f"{name} {split}")
 
