@@ -137,7 +137,8 @@ def write_nyu_split(root: str | Path, split: str, depth_frames_mm: np.ndarray | 
     written as <root>/<split>/depth_{view}_{i+1:07d}.png.  joints_xyz_36: (N, 36, 3) camera mm y-down
     or None (no joint_data.mat); stored y-up in all three views with joint_uvd = projection with K.
     centers_xyz: (N, 3) camera mm y-down (NaN rows -> 'invalid'), written y-up as the V2V file
-    <root>/<split>/center_<split>_refined.txt.  K: (3, 3), default the NYU intrinsics.
+    <root>/<split>/center_<split>_refined.txt (view 1; views 2, 3: the DSF per-view file
+    center_<split>_<view-1>_refined.txt, y-down).  K: (3, 3), default the NYU intrinsics.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")
@@ -150,9 +151,10 @@ def write_nyu_split(root: str | Path, split: str, depth_frames_mm: np.ndarray | 
     centers = np.asarray(centers_xyz, dtype=np.float64)
     if centers.shape != (n, 3):
         raise ValueError(f"centers_xyz has shape {centers.shape}, expected ({n}, 3)")
-    lines = ["invalid" if not np.all(np.isfinite(c)) else f"{_fmt(c[0])} {_fmt(-c[1])} {_fmt(c[2])}"
+    sign = -1.0 if view == 1 else 1.0  # V2V file (y-up) for view 1, DSF per-view file (y-down) otherwise
+    lines = ["invalid" if not np.all(np.isfinite(c)) else f"{_fmt(c[0])} {_fmt(sign * c[1])} {_fmt(c[2])}"
              for c in centers]
-    (out / f"center_{split}_refined.txt").write_text("\n".join(lines) + "\n")
+    default_center_file(Path(root), split, view).write_text("\n".join(lines) + "\n")
     if joints_xyz_36 is not None:
         xyz = np.asarray(joints_xyz_36, dtype=np.float64)
         if xyz.shape != (n, NUM_JOINTS_36, 3):

@@ -296,6 +296,23 @@ def test_labels_false_never_reads_labels(nyu_root, tmp_path, monkeypatch):
         build_dataset(nyu_cfg(root), "test", labels=True)
 
 
+def test_nyu_views_and_invalid_centres(tmp_path, caplog):
+    scenes = [nyu_scene(i) for i in range(3)]
+    frames, j36, cs = (np.stack([s[k] for s in scenes]) for k in range(3))
+    write_nyu_split(tmp_path, "train", frames, j36, cs, view=2)  # DSF per-view centre file, y-down
+    assert (tmp_path / "train" / "center_train_1_refined.txt").is_file()
+    ds = build_dataset(nyu_cfg(tmp_path, nyu_view=2, val_fraction=0.0, augment=False), "train", True)
+    assert len(ds) == 3 and np.allclose(ds[1]["center"].numpy(), cs[1], atol=1e-4)
+    assert_on_blobs(ds[2], j36[2][list(NYU_EVAL_IDS_36)])
+    cs[1] = np.nan
+    write_nyu_split(tmp_path, "test", frames, j36, cs)
+    assert (tmp_path / "test" / "center_test_refined.txt").read_text().splitlines()[1] == "invalid"
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset(nyu_cfg(tmp_path), "test", True)
+    assert [int(ds[i]["index"]) for i in range(len(ds))] == [0, 2] and "1 of 3 frames skipped" in caplog.text
+    assert_on_blobs(ds[1], j36[2][list(NYU_EVAL_IDS_36)])
+
+
 def test_nyu_bad_data(nyu_root, tmp_path, caplog):
     with pytest.raises(DatasetError) as e:
         build_dataset(nyu_cfg(tmp_path / "nowhere"), "train", False)
