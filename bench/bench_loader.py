@@ -8,11 +8,14 @@ hand-sized blob cluster per frame, V2V-style centre file, joint_data.mat) with `
 temporary folder (or --root, reused when present), then times whole epochs of the training split
 (augmentation rot/com/sc/none on) after one warm-up epoch, and the single-process per-item cost.
 Prints one JSON line; compare crops/s with the training step rate of the full model (steps/s x batch).
+cpu_ms_per_crop (process CPU time, single process) and cpu_bound_crops_per_s = workers x 1000 / cpu_ms
+stay meaningful on a shared machine, where the wall-clock rate depends on the other load.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -72,10 +75,12 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = make_config(dataset="nyu", data_root=str(root), val_fraction=0.0, max_frames=args.frames)
         ds = build_dataset(cfg, "train", labels=args.labels)
         torch.manual_seed(0)
-        t0 = time.perf_counter()
-        for i in range(min(64, len(ds))):
+        m = min(64, len(ds))
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(m):
             ds[i]
-        per_item_ms = 1000 * (time.perf_counter() - t0) / min(64, len(ds))
+        per_item_ms = 1000 * (time.perf_counter() - t0) / m
+        cpu_ms = 1000 * (time.process_time() - c0) / m  # insensitive to other processes on the machine
         dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                                          persistent_workers=args.workers > 0, drop_last=True)
         for _ in dl:  # warm-up epoch (worker start-up)
@@ -87,7 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
         dt = time.perf_counter() - t0
     out = {"frames": len(ds), "workers": args.workers, "batch": args.batch, "labels": args.labels,
            "crops_per_s": round(n / dt, 1), "batches_per_s": round(n / dt / args.batch, 2),
-           "single_process_ms_per_crop": round(per_item_ms, 2), "write_s": round(t_write, 1),
+           "single_process_ms_per_crop": round(per_item_ms, 2), "cpu_ms_per_crop": round(cpu_ms, 2),
+           "cpu_bound_crops_per_s": round(args.workers * 1000 / cpu_ms, 1) if args.workers else None,
+           "load_avg_1min": round(os.getloadavg()[0], 2), "write_s": round(t_write, 1),
            "torch_threads": torch.get_num_threads()}
     print(json.dumps(out))
     return out
