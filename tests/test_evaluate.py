@@ -151,7 +151,8 @@ def _write_small_icvl(root, n=3, seed=1):
                     np.where(q < 1, d0 - 30 * np.sqrt(np.clip(1 - q, 0, 1)), 0.0))
         uvd = np.stack([u0 + rng.normal(0, 12, 16), v0 + rng.normal(0, 12, 16), d0 + rng.normal(0, 15, 16)], -1)
         lines.append(f"test_seq_1/image_{k:04d}.png " + " ".join(f"{x:.3f}" for x in uvd.reshape(-1)))
-        centres.append(f"{u0:.3f} {v0:.3f} {d0:.3f}")
+        f = 241.42  # V2V-style ICVL centres: xyz mm, y-down, made with f = 241.42 (datasets.md 1.1)
+        centres.append(f"{(u0 - 160) * d0 / f:.4f} {(v0 - 120) * d0 / f:.4f} {d0:.4f}")
     (root / "Testing" / "test_seq_1.txt").write_text("\n".join(lines) + "\n")
     (root / "Testing" / "test_seq_2.txt").write_text("")
     (root / "Testing" / "center_test_refined.txt").write_text("\n".join(centres) + "\n")
@@ -169,8 +170,9 @@ def test_e2e_mirrored_icvl_is_unmirrored(e2e, capsys):
     metrics = E.run(icfg)
     out = tmp / "out_icvl"
     np.testing.assert_allclose(read_uvd_file(out / "gt_std_uvd.txt", 16), labels, atol=6e-4)
-    # Predictions live on the un-mirrored side: the S1-MPE palm lies within the frame near the labels.
+    # Predictions live on the un-mirrored side: the S1-MPE hand (placed near the crop centre by the
+    # untrained network) lies near the labels at u < 110, not at their mirror image 2cx - u > 210.
     pred = read_uvd_file(out / "s1_mpe_std_uvd.txt", 16)
-    assert np.all(np.abs(pred[:, 0, 0] - labels[:, 0, 0]) < 60)
+    assert np.all(np.abs(pred[:, :, 0].mean(1) - labels[:, :, 0].mean(1)) < 30)
     assert metrics["protocols"]["dsf"]["s2_pwe"]["joints"] == list(range(16))
     assert "DSF 16j" in capsys.readouterr().out
