@@ -118,6 +118,7 @@ class Config:
     msra_test_subject: int = opt(0, "MSRA leave-one-subject-out test subject P0..P8", tuple(range(9)))
     center_file_train: str = opt("", "refined-centre file for training frames; empty = the dataset's default location")
     center_file_test: str = opt("", "refined-centre file for test frames; empty = the dataset's default location")
+    center_format: str = opt("auto", "refined-centre file values: auto (xyz or uvd told apart by value ranges), xyz or uvd", ("auto", "xyz", "uvd"))
     max_frames: int = opt(0, "use only the first N frames of each split (0 = all)")
     aug_center_shift_mm: float = opt(10.0, "real-crop augmentation: centre shift range +- per axis (mm)")
     aug_cube_scale: float = opt(0.2, "real-crop augmentation: cube scale range +-")
@@ -138,6 +139,8 @@ class Config:
     synth_occluder_radius_nu: float = opt(0.3, "largest occluder radius (nu)")
     synth_occlusion_per_sample: bool = opt(True, "draw occluded joints per sample (False: per batch, as the original)")
     synth_pose_file: str = opt("", "optional .npy/.txt of 62-value source-space pose rows; empty = pose sampler")
+    simreal_train_frames: int = opt(2000, "frames of the generated simreal train split (made once when data_root lacks it)")
+    simreal_test_frames: int = opt(400, "frames of the generated simreal test split")
 
     # ---- losses (weights; spec 10.2-10.4) ----------------------------------------------------
     huber_delta_nu: float = opt(0.01, "Huber transition (nu); 100*H is L1 above it")

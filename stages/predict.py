@@ -22,14 +22,6 @@ ARCHITECTURE_KEYS = ("net", "stage_num", "map_size", "kernel_radius_nu", "softma
                      "fg_threshold_nu", "mano_path", "hand_model")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
-    return torch.device(name)
-
-
 def network_config(cfg: Config, checkpoint_config: dict | None) -> Config:
     """cfg with the architecture keys of the checkpoint's config."""
     if not checkpoint_config:
@@ -48,11 +40,11 @@ class Predictor:
         from models.dual_branch import DualBranchNet
         from models.mano import build_hand_model
         from render.hand_renderer import HandRenderer
-        from stages.engine import load_checkpoint
+        from stages.engine import load_checkpoint, select_device
 
         if not cfg.load_model:
             raise ValueError(f"phase={cfg.phase} needs load_model=<checkpoint .pt>")
-        device = resolve_device(cfg.device)
+        device = select_device(cfg.device)
         ckpt = load_checkpoint(Path(cfg.load_model), map_location="cpu")
         net_cfg = network_config(cfg, ckpt.get("config"))
         hand_model = build_hand_model(net_cfg).to(device)
