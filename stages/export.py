@@ -26,21 +26,12 @@ import torch
 from tqdm import tqdm
 
 from config import Config
+from datasets.common import mirror_frame, mirror_xyz
 from datasets.joints import DHG22_FROM_NETWORK, NETWORK_PARENTS
 from datasets.localize import HandTracker, LocalizerSettings
 from datasets.streams import Sequence, folder_sequence, gesture_sequences, read_frame, write_skeletons
 from render import camera
 from stages.predict import Predictor
-
-
-def mirror_frame(depth_mm: np.ndarray, cx: float) -> np.ndarray:
-    """Mirror about the principal point: new column c takes old column 2cx - c (missing outside)."""
-    W = depth_mm.shape[1]
-    src = np.floor(2.0 * cx - np.arange(W) + 0.5).astype(np.int64)
-    ok = (src >= 0) & (src < W)
-    out = np.zeros_like(depth_mm)
-    out[:, ok] = depth_mm[:, src[ok]]
-    return out
 
 
 def dhg22_from_network(joints21: np.ndarray) -> np.ndarray:
@@ -108,8 +99,7 @@ def export_sequence(seq: Sequence, predictor: Predictor, cfg: Config, out: Path)
         else:
             tracker.update(None)
         if mirror and xyz is not None:  # the 3D reflection x -> -x undoes the image mirror
-            xyz = xyz * np.array([-1.0, 1.0, 1.0])
-            center = center * np.array([-1.0, 1.0, 1.0])
+            xyz, center = mirror_xyz(xyz), mirror_xyz(center)
         if xyz is not None:
             uvz = camera.project(torch.from_numpy(xyz), torch.from_numpy(K)).numpy()
             uvd = uvz

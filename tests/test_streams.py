@@ -7,7 +7,8 @@ import pytest
 from datasets.depth_io import DatasetError, write_nyu_depth, write_png16
 from datasets.streams import (GESTURE_INTRINSICS, PRED_IMAGE_FILE, PRED_WORLD_FILE, folder_sequence,
                               gesture_sequences, read_frame, read_skeletons, write_skeletons)
-from stages.export import dhg22_from_network, mirror_frame
+from datasets.common import mirror_frame
+from stages.export import dhg22_from_network
 
 
 def _frame(seed: int) -> np.ndarray:
