@@ -96,7 +96,7 @@ def _standin(seed: int) -> dict:
     reg = _regressor(layout, mesh)
     joints = reg @ v
     tips = v[list(TIP_VERTEX_IDS)]
-    weights = skinning_weights(v * 1e3, mesh.labels, joints * 1e3, tips * 1e3)
+    weights = skinning_weights(v * 1e3, mesh.faces, mesh.labels, joints * 1e3, tips * 1e3)
     normals = vertex_normals(v, mesh.faces)
     components, mean = _pose_pca(joints, tips, seed)
     kintree = np.array([[4294967295] + list(MANO_PARENTS[1:]), list(range(16))], dtype=np.int64)

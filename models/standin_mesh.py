@@ -28,7 +28,7 @@ FINGER_LEN = ((40.0, 24.0, 22.0), (44.0, 28.0, 24.0), (32.0, 20.0, 21.0), (41.0,
 FINGER_HALF_WIDTH = (8.5, 8.8, 7.4, 8.2)
 FINGER_ANGLE_DEG = (-7.0, -1.0, 11.0, 5.0)   # fan of the fingers, from +y toward +x
 MCP_Y = (88.0, 92.0, 80.0, 88.0)
-THICKNESS_RATIO = 0.88
+THICKNESS_RATIO = 0.92
 THUMB_LEN = (40.0, 31.0, 27.0)
 THUMB_DIRS = ((-0.7, 0.65, -0.3), (-0.4, 0.9, -0.2), (-0.25, 0.97, -0.05))
 THUMB_HALF_WIDTH = 10.5
@@ -41,6 +41,7 @@ THUMB_STATIONS = (("seg", 0, 0.33, 1.1), ("seg", 0, 0.67, 1.03), ("joint", 1, 0.
                   ("seg", 1, 0.5, 0.93), ("joint", 2, 0.0, 0.9), ("dist", 2, 0.5, 0.86),
                   ("cap", 2, 90.0, 0.84), ("cap", 2, 60.0, 0.84), ("cap", 2, 30.0, 0.84))
 SKIN_SIGMA_MM = 6.0
+SKIN_SMOOTHING_STEPS = 8
 
 
 @dataclass
@@ -162,12 +163,12 @@ def _palm_rows(d: dict) -> tuple[np.ndarray, np.ndarray]:
     for r in range(PALM_ROWS):
         t = r / (PALM_ROWS - 1)
         w = (64 + 16 * t ** 0.7) * d["width"]
-        th = (30 - 8 * t) * d["thick"]
+        th = (33 - 8 * t) * d["thick"]
         rows[r, :, 0] = w * (j / 15 - 0.5)
         rows[r, :, 1] = 4 + (y_distal - 4) * t
         rows[r, :, 2] = side * th / 2 * prof
     ang = np.arctan2(side[::2] * prof[::2], 2 * (j[::2] / 15 - 0.5))
-    wrist = np.stack([28 * d["width"] * np.cos(ang), np.full(WRIST, -10.0), 16 * d["thick"] * np.sin(ang)], 1)
+    wrist = np.stack([28 * d["width"] * np.cos(ang), np.full(WRIST, -10.0), 17 * d["thick"] * np.sin(ang)], 1)
     return wrist, rows
 
 
@@ -382,13 +383,17 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
     return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
 
 
-def skinning_weights(v_mm: np.ndarray, labels: np.ndarray, joints_mm: np.ndarray,
-                     tips_mm: np.ndarray, sigma: float = SKIN_SIGMA_MM) -> np.ndarray:
+def skinning_weights(v_mm: np.ndarray, faces: np.ndarray, labels: np.ndarray, joints_mm: np.ndarray,
+                     tips_mm: np.ndarray, sigma: float = SKIN_SIGMA_MM,
+                     steps: int = SKIN_SMOOTHING_STEPS) -> np.ndarray:
     """Smooth skinning weights (V, 16), rows summing to 1.
 
     w_vk ∝ exp(-(d_vk / sigma)^2) with d_vk the distance to bone k (joint k to its child; the root
     bone is the union of wrist -> MCP/CMC segments), over the bones a vertex may follow: palm
     vertices the root, MCPs and the thumb CMC; a finger's vertices the root and its own chain.
+    Then `steps` rounds of averaging with the mesh neighbours, on palm vertices only,
+    soften the seam at the thumb base where the distances to two bones change quickly; weights
+    below 1e-3 are dropped.
     """
     pts = np.concatenate([joints_mm, tips_mm])
     dist = np.zeros((len(v_mm), 16))
@@ -401,5 +406,13 @@ def skinning_weights(v_mm: np.ndarray, labels: np.ndarray, joints_mm: np.ndarray
         allowed[c + 1, [0, 1 + 3 * c, 2 + 3 * c, 3 + 3 * c]] = True
     logit = np.where(allowed[labels], -(dist / sigma) ** 2, -np.inf)
     w = np.exp(logit - logit.max(axis=1, keepdims=True))
-    w[w < 1e-4] = 0.0
+    w /= w.sum(axis=1, keepdims=True)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    adj = np.zeros((len(v_mm), len(v_mm)))
+    adj[edges[:, 0], edges[:, 1]] = adj[edges[:, 1], edges[:, 0]] = 1.0
+    adj /= adj.sum(axis=1, keepdims=True)
+    soft = labels == 0                          # the palm; tubes keep crisp bones
+    for _ in range(steps):
+        w[soft] = 0.5 * w[soft] + 0.5 * (adj @ w)[soft]
+    w[w < 1e-3] = 0.0
     return w / w.sum(axis=1, keepdims=True)
