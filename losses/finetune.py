@@ -22,9 +22,10 @@ from torch import Tensor
 from losses.fitting import (apply_hand_box, data_mesh_distance, gather_points, intersection_residual,
                             masked_mean, mm_to_nu, part_mesh_distance, render_residual, sample_indices)
 from losses.huber import huber
+from losses.pretrain import pretrain_losses, stage_mesh
 from losses.reliability import select_reliable
 from losses.spheres import collision_loss, hand_spheres, segment_points
-from models.densemap import decode
+from models.dual_branch import decode_joints
 from render.camera import crop_points_norm, uvd_norm_to_xyz_norm
 
 
@@ -47,11 +48,6 @@ class Teacher:
     points_part: Tensor
     labels_part: Tensor
     valid_part: Tensor
-
-
-def decode_pixel_joints(maps: Tensor, depth: Tensor, cfg) -> Tensor:
-    """PWE joints (B, 21, 3) normalized uvd, decoded with the real crop as reference depth."""
-    return decode(maps, depth, cfg.kernel_radius_nu, cfg.softmax_temperature, cfg.fg_threshold_nu)
 
 
 def box(depth: Tensor, joints_xyz: Tensor, center: Tensor, cube: Tensor, K_crop: Tensor, cfg) -> Tensor:
@@ -78,7 +74,7 @@ def make_teacher(maps: Tensor, render, depth: Tensor, center: Tensor, cube: Tens
                  hand_model, cfg, generator: torch.Generator | None = None) -> Teacher:
     """Teacher targets, boxed crop, segmentation and the two point samples (10.3 pre-processing)."""
     maps = maps.detach()
-    pixel_uvd = decode_pixel_joints(maps, depth, cfg)
+    pixel_uvd = decode_joints(maps, depth, cfg)
     pixel_xyz = uvd_norm_to_xyz_norm(pixel_uvd, center, cube, K_crop)
     joints, verts = render.joints_xyz.detach(), render.verts_xyz.detach()
     boxed = box(depth, joints, center, cube, K_crop, cfg)
@@ -101,7 +97,7 @@ def fitting_terms(render, boxed_render: Tensor, teacher: Teacher, cube: Tensor, 
     rho = render_residual(teacher.boxed, boxed_render, cfg.fg_threshold_nu)
     data = data_mesh_distance(teacher.points_all, render.verts_xyz, hand_model.faces)
     part, counts = part_mesh_distance(teacher.points_part, teacher.labels_part, render.verts_xyz,
-                                      hand_model.part_faces)
+                                      hand_model.part_faces, hand_model.faces)
     terms = {
         "collision": cfg.w_collision * collision_term(render.joints_xyz, render.verts_xyz, cube, hand_model, cfg),
         "render": cfg.w_render * rho.mean(),
@@ -117,7 +113,7 @@ def distillation_terms(maps: Tensor, render, depth: Tensor, teacher: Teacher, cf
     w = cfg.w_distill
     return {
         "distill_maps": w * cfg.w_maps * huber(maps, teacher.maps, d),
-        "distill_pwe_joints": w * cfg.w_pwe_joints * huber(decode_pixel_joints(maps, depth, cfg), teacher.pixel_uvd, d),
+        "distill_pwe_joints": w * cfg.w_pwe_joints * huber(decode_joints(maps, depth, cfg), teacher.pixel_uvd, d),
         "distill_mpe_joints": w * cfg.w_mpe_joints * huber(render.joints_xyz, teacher.pixel_xyz, d),
         "distill_mpe_verts": w * cfg.w_mpe_verts * huber(render.verts_xyz, teacher.verts_xyz, d),
     }
@@ -130,7 +126,7 @@ def inter_branch_terms(maps: Tensor, render, boxed_render: Tensor, depth: Tensor
     Returns the weighted terms and the selection (B, 21) bool.
     """
     d = cfg.huber_delta_nu
-    pixel_uvd = decode_pixel_joints(maps, depth, cfg)
+    pixel_uvd = decode_joints(maps, depth, cfg)
     model_uvd = render.joints_uvd
     eps_depth = intersection_residual(teacher.boxed, boxed_render.detach(), cfg.fg_threshold_nu)
     sel = select_reliable(eps_depth, residuals["data"], residuals["part"], residuals["counts"],
@@ -177,3 +173,18 @@ def real_losses(outputs: list, depth: Tensor, center: Tensor, cube: Tensor, K_cr
         losses.update({f"real/s{s + 1}_{k}": v for k, v in terms.items()})
     stats["valid_fraction"] = float(teacher.valid_all.float().mean())
     return losses, stats
+
+
+def synthetic_losses(outputs: list, batch: dict, hand_model, cfg) -> dict[str, Tensor]:
+    """Synthetic part of fine-tuning (10.3): the pretraining terms without shape prior and scale
+    (targets encoded/decoded with the clean crop) plus the collision prior of every stage.
+
+    batch: the synthetic sample dict (clean, joints_uvd, joints_xyz, verts_xyz, cube).
+    Returns weighted terms named `synth/s{stage}/{term}`.
+    """
+    terms = pretrain_losses(outputs, batch, batch["clean"], hand_model, cfg, priors=False)
+    for s, out in enumerate(outputs, start=1):
+        verts, joints = stage_mesh(out, hand_model)
+        terms[f"s{s}/collision"] = cfg.w_collision * collision_term(joints.float(), verts.float(), batch["cube"],
+                                                                    hand_model, cfg)
+    return {f"synth/{k}": v for k, v in terms.items()}

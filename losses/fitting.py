@@ -108,11 +108,12 @@ def data_mesh_distance(points: Tensor, verts: Tensor, faces: Tensor) -> Tensor:
     return point_mesh_sqdist(points, verts, faces).mean(dim=1)
 
 
-def part_mesh_distance(points: Tensor, labels: Tensor, verts: Tensor,
-                       part_faces: list[Tensor]) -> tuple[Tensor, Tensor]:
+def part_mesh_distance(points: Tensor, labels: Tensor, verts: Tensor, part_faces: list[Tensor],
+                       faces: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Part-aware distance (7.3): points (B, N, 3) with labels (B, N) 0..15 (0 = palm, unused).
 
+    part_faces: 15 face-index tensors into faces (F, 3) (or 15 triangle tensors (n_k, 3) without faces).
     Returns per-bone mean squared distance (B, 15) nu^2 (0 for bones without points) and the
     per-bone point counts (B, 15).
     """
-    return part_point_mesh_sqdist(points, labels, verts, part_faces)
+    return part_point_mesh_sqdist(points, labels, verts, part_faces, faces)

@@ -151,12 +151,12 @@ def test_part_mesh_distance_per_bone():
     part_faces = [torch.tensor([k % 8]) for k in range(15)]  # bone k+1 owns face k % 8
     p, face_id = points_on_faces(v, f, 4)
     labels = face_id + 1  # points of face k labelled bone k+1 -> on their own part
-    means, counts = part_mesh_distance(p.reshape(1, -1, 3), labels.reshape(1, -1), v[None], part_faces)
+    means, counts = part_mesh_distance(p.reshape(1, -1, 3), labels.reshape(1, -1), v[None], part_faces, f)
     assert means.shape == (1, 15) and float(means.abs().max()) < 1e-10
     assert counts[0, :8].tolist() == [4] * 8 and counts[0, 8:].sum() == 0
     # the same points labelled one bone further: bone k+2 owns face k+1 -> positive distance
     verts = v[None].clone().requires_grad_(True)
-    means, _ = part_mesh_distance(p.reshape(1, -1, 3), (labels + 1).clamp(max=15).reshape(1, -1), verts, part_faces)
+    means, _ = part_mesh_distance(p.reshape(1, -1, 3), (labels + 1).clamp(max=15).reshape(1, -1), verts, part_faces, f)
     assert (means[0, 1:8] > 1e-4).all() and means[0, 0] == 0
     means.mean().backward()
     assert torch.isfinite(verts.grad).all() and verts.grad.abs().sum() > 0
