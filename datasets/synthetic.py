@@ -131,11 +131,16 @@ def carve_occluders(depth_n: Tensor, centers: Tensor, radii: Tensor, active: Ten
     Pixels whose (u_n, v_n, d_n) lies inside an active sphere become +1.
     """
     B, _, S, _ = depth_n.shape
-    grid = camera.pixel_grid_norm(S, depth_n.dtype, depth_n.device).reshape(1, 1, S * S, 2)
-    d = depth_n.reshape(B, 1, S * S)
-    sq = ((grid - centers[:, :, None, :2]) ** 2).sum(-1) + (d - centers[:, :, None, 2]) ** 2
-    inside = (sq < radii[:, :, None] ** 2) & active[:, :, None]
-    hit = inside.any(dim=1).reshape(B, 1, S, S)
+    t = camera.pixel_grid_norm(S, depth_n.dtype, depth_n.device)[0, :, 0]  # (S,) pixel-centre coordinates
+    d = depth_n[:, 0]
+    hit = torch.zeros_like(d, dtype=torch.bool)
+    for k in range(centers.shape[1]):  # a few occluders: loop, keeping memory at (B, S, S)
+        c, r2 = centers[:, k], (radii[:, k] ** 2)[:, None, None]
+        du2 = ((t[None] - c[:, :1]) ** 2)[:, None, :]
+        dv2 = ((t[None] - c[:, 1:2]) ** 2)[:, :, None]
+        inside = (du2 + dv2 + (d - c[:, 2, None, None]) ** 2) < r2
+        hit |= inside & active[:, k, None, None]
+    hit = hit[:, None]
     return torch.where(hit, torch.ones_like(depth_n), depth_n)
 
 
@@ -149,6 +154,20 @@ def load_pose_rows(path: str) -> Tensor:
     if arr.ndim != 2 or arr.shape[1] != 62 or len(arr) == 0:
         raise ValueError(f"synth_pose_file {path}: expected rows of 62 values, got shape {arr.shape}")
     return torch.from_numpy(arr)
+
+
+def hand_arrays(cfg: Config, hand_model) -> dict:
+    """The MANO-layout arrays behind `hand_model` (for the pose sampler): its own `.arrays` when it
+    keeps them, else the stand-in or the model file of cfg.mano_path, as models.mano.build_hand_model."""
+    arrays = getattr(hand_model, "arrays", None)
+    if arrays is not None:
+        return arrays
+    if getattr(hand_model, "is_standin", True):
+        from models.standin_hand import make_standin_arrays
+        return make_standin_arrays()
+    from models.mano import _resolve
+    from models.mano_io import load_mano_arrays
+    return load_mano_arrays(_resolve(cfg.mano_path))
 
 
 @dataclass
@@ -196,7 +215,7 @@ class SyntheticHands:
         self.pose_rows = load_pose_rows(cfg.synth_pose_file) if cfg.synth_pose_file else None
         if self.pose_rows is None and pose_sampler is None:
             from models.pose_sampler import PoseSampler
-            pose_sampler = PoseSampler(hand_model.arrays, seed=cfg.seed)
+            pose_sampler = PoseSampler(hand_arrays(cfg, hand_model), seed=cfg.seed)
         self.pose_sampler = pose_sampler
 
     # -- (1) random draws ----------------------------------------------------------------------
