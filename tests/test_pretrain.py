@@ -96,3 +96,49 @@ def test_subset_of_joints_compares_only_their_channels():
     assert all(v.item() < 1e-9 for v in terms.values())
     noisy[:, map_channels(ids)[0]] += 0.3
     assert pretrain_losses([StageOutput(noisy, params)], sub, ref, hand, cfg, joint_ids=ids)["s1/maps"] > 1e-4
+
+
+# ---- the stage on the stand-in hand ---------------------------------------------------------------
+def _stage_cfg(tmp_path, **kw):
+    base = dict(net="tiny", hand_model="standin", device="cpu", batch_size=2, max_steps=2, synth_epoch_size=2,
+                val_size=2, num_workers=0, progress=False, log_interval=1, image_log_interval=2, seed=5,
+                out_dir=str(tmp_path))
+    base.update(kw)
+    return make_config([], **base)
+
+
+def test_overfit_few_fixed_samples_t20_small():
+    """T20 in small form: tiny net, 2 fixed synthetic samples, 25 steps -> loss and PWE term fall >= 5x."""
+    from datasets.synthetic import SyntheticHands
+    from render import camera
+    from stages.pretrain import build_parts
+
+    torch.manual_seed(0)
+    cfg = make_config([], net="tiny", stage_num=1, hand_model="standin", device="cpu")
+    hand, rend, net = build_parts(cfg, torch.device("cpu"))
+    s = SyntheticHands(cfg, hand, rend, "none").batch(2, torch.Generator().manual_seed(0), "cpu")
+    K = camera.crop_intrinsics(s["K"], s["M"])
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.0)
+    history = []
+    for _ in range(25):
+        terms = pretrain_losses(net(s["clean"], s["center"], s["cube"], K), s, s["clean"], hand, cfg)
+        loss = sum(terms.values())
+        history.append((loss.item(), terms["s1/pwe_joints"].item()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert history[-1][0] < history[0][0] / 5
+    assert history[-1][1] < history[0][1] / 5
+
+
+def test_pretrain_stage_is_deterministic_t22_and_writes_outputs(tmp_path):
+    from stages import pretrain
+    a = pretrain.run(_stage_cfg(tmp_path / "a"))
+    b = pretrain.run(_stage_cfg(tmp_path / "b"))
+    assert a["last_losses"] == b["last_losses"] and a["val"] == b["val"]
+    assert set(a["val"]) == {"s1_pwe_mm", "s1_mpe_mm", "s2_pwe_mm", "s2_mpe_mm"}
+    assert all(0 < v < 1000 for v in a["val"].values())
+    for name in ("latest.pt", "best.pt", "config.yaml"):
+        assert (tmp_path / "a" / name).is_file()
+    ck = torch.load(tmp_path / "a" / "latest.pt", weights_only=False)
+    assert ck["step"] == 2 and any(k.startswith("stage2.") for k in ck["model"])
