@@ -35,7 +35,7 @@ from datasets.joints import NYU14
 
 WRIST_SET_SIZE = 3
 PALM_SET_SIZE = 8
-FIT_SAMPLES = 2048
+FIT_SAMPLES = 1024
 FIT_SEED = 0
 RIDGE = 1e-4  # relative to the mean diagonal of A^T A
 POSE_COEFF_STD = 0.5  # fallback pose sampler: std of the 45 PCA coefficients

@@ -90,15 +90,22 @@ def write_curves_csv(path: str | Path, columns: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def _figure(size: tuple[float, float]):
+    """A matplotlib Figure on the Agg canvas (no pyplot: no global state, fast import)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def plot_curves(path: str | Path, columns: dict[str, np.ndarray], title: str,
                 ylabel: str = "fraction of frames within distance (%)") -> Path:
     """PNG of fraction-within-distance curves (x: 0..T-1 mm, y: percent)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    fig = _figure((6, 4.5))
+    ax = fig.add_axes((0.11, 0.11, 0.86, 0.82))
     for name, frac in columns.items():
         frac = np.asarray(frac)
         ax.plot(np.arange(len(frac)), 100.0 * frac, label=name)
@@ -109,9 +116,7 @@ def plot_curves(path: str | Path, columns: dict[str, np.ndarray], title: str,
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -150,12 +155,10 @@ def write_obj(path: str | Path, verts_mm: np.ndarray, faces: np.ndarray) -> Path
 def save_overlay(path: str | Path, depth_n: np.ndarray, joints_px: dict[str, np.ndarray],
                  parents: tuple[int, ...] | None = None, title: str = "") -> Path:
     """PNG of a normalized depth crop (S, S) with joint sets {label: (J, 2) crop px (u, v)} drawn."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=100)
+    fig = _figure((3.2, 3.2))
+    ax = fig.add_axes((0.02, 0.02, 0.96, 0.9))
     ax.imshow(np.asarray(depth_n), cmap="gray", vmin=-1, vmax=1)
     colors = ("red", "cyan", "yellow", "lime")
     for k, (label, uv) in enumerate(joints_px.items()):
@@ -172,7 +175,5 @@ def save_overlay(path: str | Path, depth_n: np.ndarray, joints_px: dict[str, np.
     if title:
         ax.set_title(title, fontsize=7)
     ax.legend(loc="lower left", fontsize=5)
-    fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

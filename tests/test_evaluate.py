@@ -113,12 +113,12 @@ def test_e2e_mpe_error_recomputed_from_the_parameter_file(e2e):
     """S2-MPE rebuilt independently: params + C + b -> hand model -> mm -> NYU joints vs the labels."""
     cfg, metrics, joints36, hand, tmp = e2e
     from datasets.joints import NYU_EVAL_IDS_36
-    from models.palm_landmarks import build_palm_landmarks, nyu14_from_network
+    from models.palm_landmarks import nyu14_from_network
     rows = np.loadtxt(tmp / "out" / "s2_mpe_params.txt")
     assert rows.shape == (4, 68)
     _, j_nu = hand.network_space(torch.tensor(rows[:, :62], dtype=torch.float32))
     mm = rows[:, None, 62:65] + j_nu.double().numpy() * rows[:, None, 65:68] / 2
-    pred = nyu14_from_network(mm, build_palm_landmarks(hand).palm_map)
+    pred = nyu14_from_network(mm, np.asarray(metrics["palm_landmarks"]["palm_map"]))
     err = np.linalg.norm(pred - joints36[:, list(NYU_EVAL_IDS_36)], axis=-1).mean()
     assert err == pytest.approx(metrics["protocols"]["standard"]["s2_mpe"]["mean_mm"], abs=0.02)
 
