@@ -38,7 +38,7 @@ SHAPE_DIRECTIONS = (
     "thumb length", "palm thickness", "index vs ring length", "little finger length", "fingertip taper",
 )
 CORRECTIVE_MM = 1.5        # bulge along the normal at a 90-degree bend of a joint
-PCA_SAMPLES = 10000
+PCA_SAMPLES = 4000
 
 
 def _regressor(layout, mesh) -> np.ndarray:

@@ -322,15 +322,18 @@ def _signed_volume_capped(v: np.ndarray, faces: np.ndarray) -> float:
 
 
 def _split_longest(v: list, faces: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    ef = _edge_faces(faces)
-    interior = np.array([e for e, fs in ef.items() if len(fs) == 2])
+    """Split the longest interior edge at its midpoint (1 vertex, 2 faces more; orientation kept)."""
+    und = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    keys, counts = np.unique(und, axis=0, return_counts=True)
+    interior = keys[counts == 2]
     arr = np.array(v)
     lengths = np.linalg.norm(arr[interior[:, 0]] - arr[interior[:, 1]], axis=1)
     a, b = (int(i) for i in interior[int(np.argmax(lengths))])
     m = len(v)
     v.append(0.5 * (arr[a] + arr[b]))
-    new = list(np.delete(faces, ef[(a, b)], axis=0))
-    for fi in ef[(a, b)]:
+    hit = np.nonzero((faces == a).any(axis=1) & (faces == b).any(axis=1))[0]
+    new = list(np.delete(faces, hit, axis=0))
+    for fi in hit:
         tri = list(faces[fi])
         while not (tri[0] in (a, b) and tri[1] in (a, b)):
             tri = tri[1:] + tri[:1]
