@@ -133,7 +133,7 @@ def score_all(col: Collected, dataset: str, mirror: bool, palm_map: np.ndarray |
     for key, net21 in col.net21.items():
         std_uvd[key] = round3(frame_uvd(dataset_joints(net21, dataset, palm_map), col.K, mirror))
         res = protocol_errors(std_uvd[key], gt_uvd, dataset)
-        sub = subject2_index if joint_set_name(dataset) == "nyu" else None
+        sub = subject2_index if dataset == "nyu" else None
         for proto, r in res.items():
             report[proto][key] = summarize(r, sub)
     return std_uvd, report, gt_uvd
@@ -175,6 +175,12 @@ def results_table(report: dict, dataset: str) -> str:
         mf = std["curves"]["max_frame"]
         lines.append(f"{key.upper().replace('_', '-'):<13}| {std['mean_mm']:18.3f} | "
                      f"{report['dsf'][key]['mean_mm']:13.3f} | {100 * mf[20]:12.1f}% | {100 * mf[40]:12.1f}%")
+    for key, std in report["standard"].items():
+        if "subject_mm" in std:
+            lines.append(f"{key.upper().replace('_', '-')} per test subject (standard): "
+                         + " / ".join(f"{v:.3f}" for v in std["subject_mm"]) + " mm")
+    if js.name == "nyu":
+        lines.append("NYU PALM_2/PALM_3 (no hand-model joint): label-free palm map, models/palm_landmarks.py")
     return "\n".join(lines)
 
 

@@ -46,7 +46,7 @@ def score_arrays(pred_uvd: np.ndarray, gt_uvd: np.ndarray, dataset: str,
                  subject2_index: int | None = None) -> dict:
     """Report {'standard': summary, 'dsf': summary} of u v d predictions (N, J, 3) vs ground truth."""
     res = protocol_errors(pred_uvd, gt_uvd, dataset)
-    sub = subject2_index if joint_set_name(dataset) == "nyu" else None
+    sub = subject2_index if dataset == "nyu" else None  # NYU's two test subjects (datasets.md 2.4)
     return {name: summarize(r, sub) for name, r in res.items()}
 
 
