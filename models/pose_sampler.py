@@ -184,7 +184,7 @@ class PoseSampler:
 
     def __init__(self, arrays: dict, seed: int = 0, min_clearance: float = 0.13):
         from models.mano import HandModel  # local import: models.mano imports the stand-in
-        self.model = HandModel(arrays).double()
+        self.model = HandModel(arrays)
         self.generator = torch.Generator().manual_seed(seed)
         self.coeffs = None
         if arrays.get("hands_coeffs") is not None:
@@ -196,15 +196,16 @@ class PoseSampler:
         middle_len = sum(np.linalg.norm(np.concatenate([rest_j, rest_tips])[c] - rest_j[k])
                          for k, c in ((4, 5), (5, 6), (6, 17)))
         self.min_gap_mm = min_clearance * middle_len
-        self.components = self.model.hands_components.numpy()
-        self.mean = self.model.hands_mean.numpy()
+        self.components = np.asarray(arrays["hands_components"], dtype=np.float64)
+        self.mean = np.asarray(arrays["hands_mean"], dtype=np.float64).reshape(-1)
 
     def _rest_skeleton(self) -> tuple[np.ndarray, np.ndarray]:
         """Skeleton of the flat hand (articulation 0, β = 0) in mm: (16, 3), (5, 3)."""
-        p = torch.zeros(1, NUM_PARAMS, dtype=torch.float64)
+        p = torch.zeros(1, NUM_PARAMS)
         p[0, 3:48] = -self.model.hands_mean @ self.model.hands_components.T
-        _, j = self.model.mano_mm(p)
-        j = j[0].numpy()
+        with torch.no_grad():
+            _, j = self.model.mano_mm(p)
+        j = j[0].double().numpy()
         return j[:16], j[16:]
 
     def _articulated_thetas(self, n: int, g: torch.Generator) -> Tensor:
@@ -214,8 +215,8 @@ class PoseSampler:
             m = max(2 * (n - have), 16)
             art = angles_to_articulation(sample_joint_angles(m, g), self.axes)
             theta = torch.from_numpy((art - self.mean) @ self.components.T)
-            p = torch.zeros(m, NUM_PARAMS, dtype=torch.float64)
-            p[:, 3:48] = theta
+            p = torch.zeros(m, NUM_PARAMS)
+            p[:, 3:48] = theta.float()
             with torch.no_grad():
                 _, joints = self.model.mano_mm(p)
             ok = finger_clearance(joints) >= self.min_gap_mm
