@@ -120,3 +120,20 @@ def test_bad_files_name_file_and_line(tmp_path):
     cfg = make_config(phase="score", dataset="nyu", pred_file=str(good), gt_file=str(good), out_dir=str(tmp_path))
     with pytest.raises(SystemExit, match=r"good\.txt, line 1: 6 values .* expected 42"):
         score.run(cfg)
+
+
+def test_command_line_entry_point(shared_data, tmp_path):
+    """`python train_render.py phase=score ...` dispatches to the scorer and prints the line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    e = shared_data / "eval" / "nyu"
+    proc = subprocess.run([sys.executable, str(root / "train_render.py"), "phase=score", "dataset=nyu",
+                           f"pred_file={e / 'ICCVW17_NYU_DeepPrior++.txt'}",
+                           f"gt_file={e / 'nyu_test_groundtruth_label.txt'}", f"out_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "mean error: 12.238 mm" in lines
+    assert "DSF protocol (11 finger joints) mean error: 13.101 mm" in lines
