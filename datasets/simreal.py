@@ -35,7 +35,7 @@ from torch import Tensor
 
 from config import Config
 from datasets.joints import NYU14, NYU_EVAL_IDS_36
-from datasets.synthetic import axis_angle_to_quat, compose_global_rotation, sample_seed
+from datasets.synthetic import axis_angle_to_quat, compose_global_rotation, hand_arrays, sample_seed
 from render import camera
 
 SIMREAL_SEED = 2022
@@ -69,13 +69,13 @@ class SimrealStyle:
     body_half_width_mm: tuple = (150.0, 230.0)
     table_prob: float = 0.5
     table_below_mm: tuple = (150.0, 300.0)
-    wall_mm: tuple = (1900.0, 3200.0)
+    wall_mm: tuple = (2100.0, 3500.0)
     disparity_noise_px: float = 0.05
     disparity_field_px: float = 0.05
     flying_prob: float = 0.35
     edge_jump_mm: float = 25.0
-    grazing_slope: float = 3.0
-    grazing_drop: float = 0.5
+    grazing_slope: float = 4.0
+    grazing_drop: float = 0.3
     dropout_prob: float = 0.002
     center_bias_mm: tuple = (-2.9, 8.8, 11.0)
     center_noise_mm: float = 8.0
@@ -85,21 +85,6 @@ STYLE = SimrealStyle()
 
 
 # ---- geometry of the scene -------------------------------------------------------------------------
-def wrist_loop(faces: Tensor, cap_vertex: int = WRIST_CAP_VERTEX) -> Tensor:
-    """Cyclically ordered wrist boundary loop (L,) from the cap's fan faces (faces (F, 3))."""
-    fan = faces[(faces == cap_vertex).any(dim=1)].tolist()
-    nxt = {}
-    for f in fan:
-        k = f.index(cap_vertex)
-        nxt[f[(k + 1) % 3]] = f[(k + 2) % 3]
-    loop = [fan[0][(fan[0].index(cap_vertex) + 1) % 3]]
-    while len(loop) < len(nxt):
-        loop.append(nxt[loop[-1]])
-    if nxt[loop[-1]] != loop[0]:
-        raise ValueError("the wrist cap fan does not form one closed loop")
-    return torch.tensor(loop, dtype=torch.long)
-
-
 def forearm_faces(loop: Tensor, num_verts: int, rings: int) -> Tensor:
     """Faces (F_arm, 3) of a tube whose ring 0 is `loop` (hand vertex ids) and whose rings 1..R are
     new vertices num_verts + (k-1)*L + i, closed by a fan to the last vertex."""
@@ -165,17 +150,30 @@ def projector_shadow(depth: Tensor, fx: float, margin_px: float = 1.0) -> Tensor
     return (depth > 0) & (after > h + margin_px)
 
 
-def flying_pixels(depth: Tensor, u: Tensor, a: Tensor, prob: float, jump_mm: float) -> Tensor:
-    """Mix depth-edge pixels toward the other side of the edge: z + a*(z_other - z) with prob `prob`.
+def _neighbour_extremes(depth: Tensor) -> tuple[Tensor, Tensor]:
+    """Farthest and nearest valid depth among the 4-neighbours (missing = 0 is ignored)."""
+    big = torch.full_like(depth, 1e9)
+    pad_max = F.pad(depth, (1, 1, 1, 1))
+    pad_min = F.pad(torch.where(depth > 0, depth, big), (1, 1, 1, 1), value=1e9)
+    shifts = ((slice(1, -1), slice(2, None)), (slice(1, -1), slice(None, -2)),
+              (slice(2, None), slice(1, -1)), (slice(None, -2), slice(1, -1)))
+    far = torch.stack([pad_max[..., r, c] for r, c in shifts]).amax(0)
+    near = torch.stack([pad_min[..., r, c] for r, c in shifts]).amin(0)
+    return far, near
 
-    depth (B, H, W) mm (0 = missing); u, a (B, H, W) uniform in [0, 1].
+
+def flying_pixels(depth: Tensor, u: Tensor, prob: float, jump_mm: float) -> Tensor:
+    """Mix depth-edge pixels toward the other side of the edge (4-neighbours), with probability `prob`:
+    z + a*(z_other - z), a = u/prob ~ U(0, 1) where u < prob.
+
+    depth (B, H, W) mm (0 = missing); u (B, H, W) uniform in [0, 1].
     """
     valid = depth > 0
-    far = F.max_pool2d(depth[:, None], 3, 1, 1)[:, 0]
-    near = -F.max_pool2d(torch.where(valid, -depth, -torch.full_like(depth, 1e9))[:, None], 3, 1, 1)[:, 0]
+    far, near = _neighbour_extremes(depth)
     fg_edge = valid & (far - depth > jump_mm)
     bg_edge = valid & (depth - near > jump_mm) & ~fg_edge
     fly = u < prob
+    a = u / max(prob, 1e-12)
     out = torch.where(fg_edge & fly, depth + a * (far - depth), depth)
     return torch.where(bg_edge & fly, depth - a * (depth - near), out)
 
@@ -202,17 +200,17 @@ def kinect_sensor(depth: Tensor, fx: float, generator: torch.Generator, style: S
     """Clean scene depth (B, H, W) mm -> Kinect-1-like NYU frame (float mm, integer-valued)."""
     B, H, W = depth.shape
     g = generator
-    rand = lambda: torch.rand(B, H, W, generator=g)  # noqa: E731
+    u1, u2 = torch.rand(2, B, H, W, generator=g)
     shadow = projector_shadow(depth, fx)
-    z = flying_pixels(depth, rand(), rand(), style.flying_prob, style.edge_jump_mm)
-    graze = grazing_mask(depth, fx, style.grazing_slope, style.edge_jump_mm) & (rand() < style.grazing_drop)
-    drop = graze | (rand() < style.dropout_prob)
+    z = flying_pixels(depth, u1, style.flying_prob, style.edge_jump_mm)
+    graze = grazing_mask(depth, fx, style.grazing_slope, style.edge_jump_mm)
+    drop = (graze & (u2 < style.grazing_drop)) | (u2 > 1.0 - style.dropout_prob)
     field = torch.randn(B, 1, H // 16 + 1, W // 16 + 1, generator=g)
     field = F.interpolate(field, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
     noise = style.disparity_noise_px * torch.randn(B, H, W, generator=g) + style.disparity_field_px * field
     z = torch.round(disparity_quantize(z, fx, noise))
     z = torch.where(shadow | (z <= 0) | (z > NYU_FILL_MM), torch.full_like(z, NYU_FILL_MM), z)
-    return torch.where(drop, torch.zeros_like(z), z)
+    return torch.where(drop & (z < NYU_FILL_MM), torch.zeros_like(z), z)
 
 
 # ---- labels and centres -------------------------------------------------------------------------------
@@ -253,11 +251,12 @@ def _uniform(g: torch.Generator, n: int, rng: tuple) -> Tensor:
 class SimrealScene:
     """Draws and renders simreal frames for one hand model and camera (CPU, float32)."""
 
-    def __init__(self, hand_model, K: Tensor, frame_hw: tuple[int, int], seed: int,
-                 style: SimrealStyle = STYLE, pose_sampler=None):
-        self.hand_model, self.K, self.frame_hw, self.style = hand_model, K.float(), frame_hw, style
+    def __init__(self, cfg: Config, hand_model, seed: int, style: SimrealStyle = STYLE, pose_sampler=None):
+        self.hand_model, self.style = hand_model, style
+        self.K = camera.make_intrinsics(cfg.fx, cfg.fy, cfg.cx, cfg.cy)
+        self.frame_hw = (int(cfg.image_height), int(cfg.image_width))
         faces = hand_model.faces.detach().cpu().long()
-        self.loop = wrist_loop(faces)
+        self.loop = hand_model.wrist_loop.detach().cpu().long()
         self.num_verts = WRIST_CAP_VERTEX + 1
         self.faces = torch.cat([faces, forearm_faces(self.loop, self.num_verts, style.arm_rings)])
         mean = torch.zeros(1, 62)
@@ -272,7 +271,7 @@ class SimrealScene:
         self.subject_scale = float(_uniform(g, 1, style.subject_scale_range))
         if pose_sampler is None:
             from models.pose_sampler import PoseSampler
-            pose_sampler = PoseSampler(hand_model.arrays, seed=seed + style.pose_seed_offset)
+            pose_sampler = PoseSampler(hand_arrays(cfg, hand_model), seed=seed + style.pose_seed_offset)
         self.pose_sampler = pose_sampler
 
     def draw(self, n: int, g: torch.Generator) -> dict:
@@ -347,9 +346,7 @@ def generate_simreal(root: str | Path, cfg: Config, n_train: int, n_test: int, s
     from datasets.nyu import write_nyu_split
     from models.mano import build_hand_model
     t0 = time.perf_counter()
-    K = camera.make_intrinsics(cfg.fx, cfg.fy, cfg.cx, cfg.cy)
-    frame_hw = (int(cfg.image_height), int(cfg.image_width))
-    scene = SimrealScene(build_hand_model(cfg).cpu(), K, frame_hw, seed)
+    scene = SimrealScene(cfg, build_hand_model(cfg).cpu(), seed)
     summary = {"root": str(root), "seed": seed, "frames": {}, "center_error_mm": {}}
     for k, (split, n) in enumerate((("train", n_train), ("test", n_test))):
         if n <= 0:
@@ -357,7 +354,7 @@ def generate_simreal(root: str | Path, cfg: Config, n_train: int, n_test: int, s
         draws = scene.draw(n, torch.Generator().manual_seed(sample_seed(seed, 1000 + k)))
         joints36, centers = scene.labels(draws)
         written = write_nyu_split(root, split, scene.frames(draws, sample_seed(seed, 2000 + k)),
-                                  joints36.numpy(), centers.numpy(), K=K.double().numpy())
+                                  joints36.numpy(), centers.numpy(), K=scene.K.double().numpy())
         err = (centers - joints36[:, list(NYU_EVAL_IDS_36)].mean(dim=1)).norm(dim=-1)
         summary["frames"][split] = written
         summary["center_error_mm"][split] = float(err.mean())
