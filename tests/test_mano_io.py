@@ -175,3 +175,15 @@ def test_foreign_classes_are_refused(tmp_path, capsys):
     with pytest.raises(MANOFileError, match=r"refusing to load (__builtin__|builtins)\.print"):
         load_mano_arrays(path)
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_converter_cli_writes_npz(tmp_path, standin_arrays, capsys):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from convert_mano import main
+    src = tmp_path / "MANO_RIGHT.pkl"
+    src.write_bytes(pickle.dumps(dict(standin_arrays), protocol=2))
+    assert main([str(src)]) == 0
+    got = load_mano_arrays(tmp_path / "MANO_RIGHT.npz")
+    assert np.array_equal(got["posedirs"], standin_arrays["posedirs"])
+    assert main([str(tmp_path / "absent.pkl")]) == 2
+    assert "file not found" in capsys.readouterr().err
