@@ -30,28 +30,33 @@ def read_uvd_file(path: str | Path, num_joints: int | None = None) -> np.ndarray
         lines = f.read().split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
-    rows, width = [], None
+    tokens, width = [], None
     expected = None if num_joints is None else 3 * num_joints
     for i, line in enumerate(lines, start=1):
         parts = line.split()
         if not parts:
             raise ResultFileError(f"{path}, line {i}: empty line")
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            raise ResultFileError(f"{path}, line {i}: not a list of numbers: '{line.strip()[:60]}'") from None
         want = expected if expected is not None else width
         if want is None:
-            if len(values) % 3:
-                raise ResultFileError(f"{path}, line {i}: {len(values)} values is not a multiple of 3 (u v d per joint)")
-            width = len(values)
-        elif len(values) != want:
-            raise ResultFileError(f"{path}, line {i}: {len(values)} values ({len(values) / 3:g} joints); "
+            if len(parts) % 3:
+                raise ResultFileError(f"{path}, line {i}: {len(parts)} values is not a multiple of 3 (u v d per joint)")
+            width = len(parts)
+        elif len(parts) != want:
+            raise ResultFileError(f"{path}, line {i}: {len(parts)} values ({len(parts) / 3:g} joints); "
                                   f"expected {want} ({want // 3} joints x u v d)")
-        rows.append(values)
-    if not rows:
+        tokens.extend(parts)
+    if not tokens:
         raise ResultFileError(f"{path}: no frames")
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1, 3)
+    try:
+        values = np.array(tokens, dtype=np.float64)
+    except ValueError:
+        for i, line in enumerate(lines, start=1):
+            try:
+                np.array(line.split(), dtype=np.float64)
+            except ValueError:
+                raise ResultFileError(f"{path}, line {i}: not a list of numbers: '{line.strip()[:60]}'") from None
+        raise
+    return values.reshape(len(lines), -1, 3)
 
 
 def write_uvd_file(path: str | Path, uvd: np.ndarray, decimals: int = 3) -> Path:

@@ -26,12 +26,15 @@ FILES = {
 
 
 @pytest.fixture(scope="module")
-def reports(shared_data):
-    out = {}
-    for key, (ds, pred, gt) in FILES.items():
-        p, g = score.read_pair(shared_data / "eval" / pred, shared_data / "eval" / gt, 14 if ds == "nyu" else 16)
-        out[key] = score.score_arrays(p, g, ds, 2440)
-    return out
+def arrays(shared_data):
+    """{key: (pred (N, J, 3), gt (N, J, 3))} read once."""
+    return {key: score.read_pair(shared_data / "eval" / pred, shared_data / "eval" / gt, 14 if ds == "nyu" else 16)
+            for key, (ds, pred, gt) in FILES.items()}
+
+
+@pytest.fixture(scope="module")
+def reports(arrays):
+    return {key: score.score_arrays(*arrays[key], FILES[key][0], 2440) for key in FILES}
 
 
 @pytest.mark.parametrize("key,mean", [("nyu_cin", 10.078), ("nyu_dpp", 12.238), ("icvl_cin", 6.732)])
@@ -74,11 +77,9 @@ def test_icvl_dsf_protocol_applies_depth_bias(reports):
     assert abs(dsf["mean_mm"] - reports["icvl_cin"]["standard"]["mean_mm"]) > 0.5
 
 
-def test_negative_fy_gives_identical_errors(shared_data):
+def test_negative_fy_gives_identical_errors(arrays):
     """T19: ground truth and predictions converted with +fy (y down) or the scorer's -fy agree."""
-    e = shared_data / "eval" / "nyu"
-    pred = read_uvd_file(e / "CVPR19_NYU_CrossInfoNet.txt", 14)[:500]
-    gt = read_uvd_file(e / "nyu_test_groundtruth_label.txt", 14)[:500]
+    pred, gt = arrays["nyu_cin"]
     fx, fy, cx, cy = SCORER_INTRINSICS["nyu"]
     assert fy < 0
     neg = joint_errors(uvd_to_xyz(pred, (fx, fy, cx, cy)), uvd_to_xyz(gt, (fx, fy, cx, cy)))
@@ -122,18 +123,13 @@ def test_bad_files_name_file_and_line(tmp_path):
         score.run(cfg)
 
 
-def test_command_line_entry_point(shared_data, tmp_path):
-    """`python train_render.py phase=score ...` dispatches to the scorer and prints the line."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+def test_command_line_entry_point(shared_data, tmp_path, capsys):
+    """`train_render.py phase=score ...` (its main, in-process) dispatches to the scorer and prints the line."""
+    import train_render
     e = shared_data / "eval" / "nyu"
-    proc = subprocess.run([sys.executable, str(root / "train_render.py"), "phase=score", "dataset=nyu",
-                           f"pred_file={e / 'ICCVW17_NYU_DeepPrior++.txt'}",
-                           f"gt_file={e / 'nyu_test_groundtruth_label.txt'}", f"out_dir={tmp_path}"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    rc = train_render.main(["phase=score", "dataset=nyu", f"pred_file={e / 'ICCVW17_NYU_DeepPrior++.txt'}",
+                            f"gt_file={e / 'nyu_test_groundtruth_label.txt'}", f"out_dir={tmp_path}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0
     assert "mean error: 12.238 mm" in lines
     assert "DSF protocol (11 finger joints) mean error: 13.101 mm" in lines
