@@ -1,17 +1,29 @@
 """Hand localization in a depth frame without a given centre (inference on raw streams).
 
-Detection: the hand is taken to be the nearest connected depth region of hand size.  Pixels within
-`localize_band_mm` behind the nearest valid depth form a band; its connected components are tried
-from the nearest; the first with at least `localize_min_pixels` pixels and a 3D extent no wider than
-`localize_max_extent_mm` is the hand.  Its 3D centre of mass is then refined by mean shift inside
-the crop cube (points farther than half a cube from the centre are dropped), which removes most of
-an attached forearm.
+Detection: the hand is taken to be the nearest connected depth region of hand size.  Valid pixels
+(between `localize_min_depth_mm` and `localize_max_depth_mm`) within `localize_band_mm` behind the
+nearest valid depth form a band; its 8-connected components are tried from the nearest.  A component
+is a hand candidate when it has at least `localize_min_pixels` pixels and its near part (points
+within half a cube depth of its nearest point) covers at most half of a `localize_max_extent_mm`
+square (6.1 dm^2 at 350 mm; a hand with its forearm covers 0.6-2.5 dm^2): a wall, a floor or a body
+facing the camera covers more and is rejected, so a frame without a hand is
+reported missing.  When every component of a band is rejected the next band behind it is tried.
 
-Tracking: in a sequence the previous frame's predicted hand centre seeds the refinement directly;
-when fewer than `localize_min_pixels` points fall inside its cube the track is lost and detection
-runs again.  A frame where neither finds a hand is reported (None), never guessed.
+Centre: mean shift with a spherical window of radius `HAND_RADIUS_FRACTION` x the cube's smallest
+edge over the candidate's own points (not the whole frame, so body and wall never pull it), seeded
+at the mean of the near part, at most `localize_iterations` steps.  It stays on the hand end of an
+attached forearm.  The result is a centre of the visible surface: it lies in front of the joints
+(about 10 mm, the half thickness of the hand) and toward the palm and wrist of the 21-joint mean
+(which is dominated by the 15 finger joints and 5 tips) by a few centimetres; a trained network
+corrects that offset through tracking.
 
-All coordinates follow render/camera.py (x right, y down, z forward, mm).
+Tracking: in a sequence the previous frame's predicted hand centre defines a search window (the crop
+cube enlarged by `TRACK_WINDOW_SCALE`); detection runs on the points inside it only, so a nearer
+object elsewhere in the frame does not steal the track.  When nothing hand-like is inside, the track
+is lost and detection runs on the whole frame.  A frame where neither finds a hand is reported
+(None), never guessed.
+
+All coordinates follow render/camera.py (x right, y down, z forward, mm; pixel (r, c) at u=c, v=r).
 """
 from __future__ import annotations
 
@@ -19,8 +31,15 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from config import Config
+
+HAND_RADIUS_FRACTION = 0.35   # mean-shift window radius / cube edge (87.5 mm for a 250 mm cube)
+TRACK_WINDOW_SCALE = 1.5      # tracking search window = cube x this, around the previous centre
+MAX_BANDS = 8                 # nearer-to-farther depth bands tried before a frame is called missing
+
+Intrinsics = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -39,86 +58,125 @@ class LocalizerSettings:
                                  cfg.localize_min_depth_mm, cfg.localize_max_depth_mm,
                                  cfg.localize_iterations, tuple(float(c) for c in cfg.cube_mm))
 
+    @property
+    def radius_mm(self) -> float:
+        return HAND_RADIUS_FRACTION * min(self.cube_mm)
 
-def backproject_pixels(depth_mm: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                       K: tuple[float, float, float, float]) -> np.ndarray:
+
+def backproject_pixels(depth_mm: np.ndarray, rows: np.ndarray, cols: np.ndarray, K: Intrinsics) -> np.ndarray:
     """Pixels (rows, cols) of a depth frame -> camera points (N, 3) mm (pixel centre u=c, v=r)."""
     fx, fy, cx, cy = K
     z = depth_mm[rows, cols].astype(np.float64)
     return np.stack([(cols - cx) * z / fx, (rows - cy) * z / fy, z], axis=1)
 
 
-def refine_center(depth_mm: np.ndarray, K: tuple[float, float, float, float], center: np.ndarray,
-                  s: LocalizerSettings) -> tuple[np.ndarray | None, int]:
-    """Mean shift of the 3D centre inside the cube.  Returns (centre or None, points used)."""
-    fx, fy, cx, cy = K
-    half = np.asarray(s.cube_mm, dtype=np.float64) / 2.0
-    H, W = depth_mm.shape
-    n = 0
-    for _ in range(max(1, s.iterations)):
-        if center[2] <= s.min_depth_mm:
-            return None, 0
-        # pixel window of the cube's front face around the centre
-        u, v = fx * center[0] / center[2] + cx, fy * center[1] / center[2] + cy
-        ru = half[0] * fx / max(center[2] - half[2], s.min_depth_mm)
-        rv = half[1] * fy / max(center[2] - half[2], s.min_depth_mm)
-        c0, c1 = int(max(0, np.floor(u - ru))), int(min(W, np.ceil(u + ru) + 1))
-        r0, r1 = int(max(0, np.floor(v - rv))), int(min(H, np.ceil(v + rv) + 1))
-        if c0 >= c1 or r0 >= r1:
-            return None, 0
-        win = depth_mm[r0:r1, c0:c1]
-        rows, cols = np.nonzero((win > s.min_depth_mm) & (win < s.max_depth_mm))
-        pts = backproject_pixels(depth_mm, rows + r0, cols + c0, K)
-        inside = np.all(np.abs(pts - center) <= half, axis=1)
-        n = int(inside.sum())
-        if n < s.min_pixels:
-            return None, n
-        new = pts[inside].mean(axis=0)
-        if np.linalg.norm(new - center) < 0.5:
-            return new, n
+def valid_mask(depth_mm: np.ndarray, s: LocalizerSettings) -> np.ndarray:
+    return (depth_mm > s.min_depth_mm) & (depth_mm < s.max_depth_mm)
+
+
+def mean_shift(points: np.ndarray, start: np.ndarray, radius: float, iterations: int) -> np.ndarray:
+    """Flat spherical-kernel mean shift of `start` over points (N, 3); stops when it moves < 0.5 mm."""
+    center = np.asarray(start, np.float64)
+    for _ in range(max(1, iterations)):
+        near = np.einsum("ij,ij->i", points - center, points - center) <= radius * radius
+        if not near.any():
+            break
+        new = points[near].mean(axis=0)
+        moved = np.linalg.norm(new - center)
         center = new
-    return center, n
+        if moved < 0.5:
+            break
+    return center
 
 
-def detect_hand(depth_mm: np.ndarray, K: tuple[float, float, float, float],
-                s: LocalizerSettings) -> np.ndarray | None:
-    """Centre (3,) mm of the nearest hand-sized connected region, refined in the cube; None if none."""
-    valid = (depth_mm > s.min_depth_mm) & (depth_mm < s.max_depth_mm)
-    if valid.sum() < s.min_pixels:
+def _components_nearest_first(depth_mm: np.ndarray, band: np.ndarray, min_pixels: int) -> tuple[np.ndarray, list[int]]:
+    """Labels of the band's 8-connected components and the ids of those large enough, nearest first."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(band.astype(np.uint8), connectivity=8)
+    ids = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_pixels]
+    if not ids:
+        return labels, []
+    nearest = ndimage.minimum(depth_mm, labels, ids)
+    return labels, [i for _, i in sorted(zip(np.atleast_1d(nearest), ids))]
+
+
+def metric_area_mm2(points: np.ndarray, K: Intrinsics) -> float:
+    """Surface area seen by the pixels of points (N, 3): each pixel covers (z/fx)(z/fy) mm^2."""
+    return float(np.sum(points[:, 2] ** 2) / (K[0] * K[1]))
+
+
+def hand_center_of_region(points: np.ndarray, K: Intrinsics, s: LocalizerSettings) -> np.ndarray | None:
+    """Centre of a candidate region's points (N, 3), or None when its near part is not hand-sized.
+
+    The near part (within half a cube depth of the nearest point) of a hand with its forearm covers
+    0.6-2.5 dm^2; a wall, floor or torso covers far more.  Limit: half of a max_extent square.
+    """
+    near = points[points[:, 2] <= points[:, 2].min() + s.cube_mm[2] / 2.0]
+    if metric_area_mm2(near, K) > 0.5 * s.max_extent_mm ** 2:
         return None
-    depths = np.sort(depth_mm[valid])
-    tried_below = -np.inf
-    for _ in range(8):  # a few nearer-to-farther attempts past small noise blobs
-        candidates = depths[depths > tried_below]
-        if candidates.size < s.min_pixels:
+    return mean_shift(points, near.mean(axis=0), s.radius_mm, s.iterations)
+
+
+def locate_in_mask(depth_mm: np.ndarray, K: Intrinsics, s: LocalizerSettings, valid: np.ndarray) -> np.ndarray | None:
+    """Nearest hand-sized region among the `valid` pixels -> its centre (3,) mm, or None."""
+    if int(valid.sum()) < s.min_pixels:
+        return None
+    depths = depth_mm[valid]
+    floor = -np.inf
+    for _ in range(MAX_BANDS):
+        remaining = depths[depths > floor]
+        if remaining.size < s.min_pixels:
             return None
-        z0 = candidates[0]
-        band = (valid & (depth_mm >= z0) & (depth_mm <= z0 + s.band_mm)).astype(np.uint8)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(band, connectivity=8)
-        order = sorted(range(1, count), key=lambda i: float(np.min(depth_mm[labels == i])))
-        for i in order:
-            if stats[i, cv2.CC_STAT_AREA] < s.min_pixels:
-                continue
+        z0 = float(remaining.min())
+        band = valid & (depth_mm >= z0) & (depth_mm <= z0 + s.band_mm)
+        labels, ids = _components_nearest_first(depth_mm, band, s.min_pixels)
+        for i in ids:
             rows, cols = np.nonzero(labels == i)
-            pts = backproject_pixels(depth_mm, rows, cols, K)
-            extent = pts[:, :2].max(axis=0) - pts[:, :2].min(axis=0)
-            if np.any(extent > s.max_extent_mm):
-                # a large region (e.g. hand merged with the body): keep its nearest part only
-                near = pts[pts[:, 2] <= pts[:, 2].min() + s.cube_mm[2] / 2]
-                start = near.mean(axis=0)
-            else:
-                start = pts.mean(axis=0)
-            center, _ = refine_center(depth_mm, K, start, s)
+            center = hand_center_of_region(backproject_pixels(depth_mm, rows, cols, K), K, s)
             if center is not None:
                 return center
-        tried_below = z0 + s.band_mm
+        floor = z0 + s.band_mm
     return None
+
+
+def detect_hand(depth_mm: np.ndarray, K: Intrinsics, s: LocalizerSettings) -> np.ndarray | None:
+    """Centre (3,) mm of the nearest hand-sized connected region of the whole frame; None if none."""
+    return locate_in_mask(depth_mm, K, s, valid_mask(depth_mm, s))
+
+
+def window_mask(depth_mm: np.ndarray, K: Intrinsics, s: LocalizerSettings, center: np.ndarray,
+                scale: float = TRACK_WINDOW_SCALE) -> np.ndarray:
+    """Valid pixels whose 3D points lie in the cube (edges x scale) around `center`."""
+    fx, fy, cx, cy = K
+    half = scale * np.asarray(s.cube_mm, np.float64) / 2.0
+    H, W = depth_mm.shape
+    mask = np.zeros((H, W), bool)
+    z_back = center[2] + half[2]
+    if z_back <= s.min_depth_mm:
+        return mask
+    zs = np.array([max(center[2] - half[2], s.min_depth_mm), z_back])
+    us = np.concatenate([fx * (center[0] + sgn * half[0]) / zs + cx for sgn in (-1, 1)])
+    vs = np.concatenate([fy * (center[1] + sgn * half[1]) / zs + cy for sgn in (-1, 1)])
+    c0, c1 = int(max(0, np.floor(us.min()))), int(min(W, np.ceil(us.max()) + 1))
+    r0, r1 = int(max(0, np.floor(vs.min()))), int(min(H, np.ceil(vs.max()) + 1))
+    if c0 >= c1 or r0 >= r1:
+        return mask
+    win = depth_mm[r0:r1, c0:c1]
+    rows, cols = np.nonzero(valid_mask(win, s))
+    pts = backproject_pixels(depth_mm, rows + r0, cols + c0, K)
+    inside = np.all(np.abs(pts - center) <= half, axis=1)
+    mask[rows[inside] + r0, cols[inside] + c0] = True
+    return mask
+
+
+def track_hand(depth_mm: np.ndarray, K: Intrinsics, s: LocalizerSettings, previous: np.ndarray) -> np.ndarray | None:
+    """Hand centre near the previous one (detection inside the enlarged cube around it), or None."""
+    return locate_in_mask(depth_mm, K, s, window_mask(depth_mm, K, s, np.asarray(previous, np.float64)))
 
 
 class HandTracker:
     """Detect-then-track localizer for one sequence."""
 
-    def __init__(self, K: tuple[float, float, float, float], settings: LocalizerSettings, track: bool = True):
+    def __init__(self, K: Intrinsics, settings: LocalizerSettings, track: bool = True):
         self.K, self.s, self.track = K, settings, track
         self.previous: np.ndarray | None = None
         self.lost_count = 0
@@ -126,7 +184,7 @@ class HandTracker:
     def locate(self, depth_mm: np.ndarray) -> tuple[np.ndarray | None, str]:
         """Centre for this frame and how it was found: 'tracked', 'detected' or 'missing'."""
         if self.track and self.previous is not None:
-            center, _ = refine_center(depth_mm, self.K, self.previous.copy(), self.s)
+            center = track_hand(depth_mm, self.K, self.s, self.previous)
             if center is not None:
                 return center, "tracked"
             self.lost_count += 1
