@@ -133,7 +133,8 @@ def score_all(col: Collected, dataset: str, mirror: bool, palm_map: np.ndarray |
     for key, net21 in col.net21.items():
         std_uvd[key] = round3(frame_uvd(dataset_joints(net21, dataset, palm_map), col.K, mirror))
         res = protocol_errors(std_uvd[key], gt_uvd, dataset)
-        sub = subject2_index if dataset == "nyu" else None
+        # rows are sorted by frame index: subject 1 = the rows with index < subject2_index
+        sub = int((col.index < subject2_index).sum()) if dataset == "nyu" else None
         for proto, r in res.items():
             report[proto][key] = summarize(r, sub)
     return std_uvd, report, gt_uvd
