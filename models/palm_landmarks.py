@@ -131,7 +131,7 @@ def apply_map(joints: np.ndarray | Tensor, palm_map: np.ndarray) -> np.ndarray |
 def sample_hands(hand_model, pose_rows: Tensor, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Posed MANO (mm) of source rows (n, 62) -> verts (n, V, 3), joints (n, 21, 3) float64."""
     verts, joints = [], []
-    dev = next(iter(hand_model.buffers())).device if any(True for _ in hand_model.buffers()) else "cpu"
+    dev = hand_model.faces.device
     with torch.no_grad():
         for k in range(0, pose_rows.shape[0], batch):
             v, j = hand_model.mano_mm(pose_rows[k:k + batch].to(dev, torch.float32))
