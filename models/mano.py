@@ -153,11 +153,13 @@ class HandModel(nn.Module):
             raise ValueError(f"hand parameters must be (B, 62) or (B, 58), got {tuple(params.shape)}")
         params = params.to(self.v_template.dtype)
         omega, theta, beta = params[:, :3], params[:, 3:48], params[:, 48:58]
-        rotvec = torch.cat([omega[:, None], self.articulation(theta)], dim=1)   # (B, 16, 3)
-        rot = axis_angle_to_matrix(rotvec)
-        verts, _ = lbs(beta, rot, self.v_template, self.shapedirs, self.posedirs,
-                       self.J_regressor, self.parents, self.lbs_weights, pose2rot=False)
-        joints = torch.cat([torch.einsum("jv,bvc->bjc", self.J_regressor, verts), verts[:, self.tip_ids]], 1)
+        with torch.autocast(device_type=params.device.type, enabled=False):  # MANO stays float32
+            rotvec = torch.cat([omega[:, None], self.articulation(theta)], dim=1)   # (B, 16, 3)
+            rot = axis_angle_to_matrix(rotvec)
+            verts, _ = lbs(beta, rot, self.v_template, self.shapedirs, self.posedirs,
+                           self.J_regressor, self.parents, self.lbs_weights, pose2rot=False)
+            regressed = torch.einsum("jv,bvc->bjc", self.J_regressor, verts)
+        joints = torch.cat([regressed, verts[:, self.tip_ids]], dim=1)
         cap = verts[:, self.wrist_loop].mean(dim=1, keepdim=True)
         return torch.cat([verts, cap], dim=1) * 1000.0, joints * 1000.0
 

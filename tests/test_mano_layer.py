@@ -153,6 +153,9 @@ def test_layer_shapes_batching_and_errors(hand_model):
     assert torch.equal(v58, v) and torch.allclose(v1[0], v[2], atol=1e-4)
     with pytest.raises(ValueError, match=r"\(B, 62\) or \(B, 58\)"):
         hand_model.mano_mm(p[:, :50])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        va, _ = hand_model.mano_mm(p)
+    assert va.dtype == torch.float32 and (va - v).abs().max() < 1e-4  # autocast does not reach MANO
 
 
 def test_gradients_match_finite_differences(standin_arrays):
