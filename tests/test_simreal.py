@@ -160,3 +160,22 @@ def test_simreal_crops_differ_from_clean_synthetic(simreal_root, hand_model):
     print("median |Laplacian| mm, hole fraction: simreal", np.mean(real, 0), "synthetic", np.mean(syn, 0))
     assert np.mean([r[0] for r in real]) > 2.0 * np.mean([s[0] for s in syn])
     assert np.mean([r[1] for r in real]) > 2.0 * np.mean([s[1] for s in syn]) + 1e-4
+
+
+def test_ensure_simreal_generates_once(tmp_path, monkeypatch, capsys):
+    import datasets.simreal as sr
+    calls = []
+
+    def fake(root, cfg, n_train, n_test, seed):
+        calls.append((str(root), n_train, n_test, seed))
+        for s in ("train", "test"):
+            (root / s).mkdir(parents=True)
+            (root / s / f"center_{s}_refined.txt").write_text("0 0 700\n")
+        return {"seconds": 0.0, "center_error_mm": {}}
+
+    monkeypatch.setattr(sr, "generate_simreal", fake)
+    cfg = make_config(dataset="simreal", data_root=str(tmp_path / "sr"), simreal_train_frames=7, simreal_test_frames=3)
+    assert sr.ensure_simreal(cfg) == tmp_path / "sr"
+    assert calls == [(str(tmp_path / "sr"), 7, 3, sr.SIMREAL_SEED)] and "generating" in capsys.readouterr().out
+    sr.ensure_simreal(cfg)
+    assert len(calls) == 1 and capsys.readouterr().out == ""
