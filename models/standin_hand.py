@@ -5,8 +5,9 @@ It is NOT MANO: a procedurally built right hand with the same keys, shapes and s
 pose PCA basis with its mean, pose correctives, skinning weights, fingertips at vertices
 333/444/672/555/744), so every part of the project runs unchanged on it.
 
-Frame (metres): wrist joint at the origin, fingers along +y, back of the hand toward +z, x toward
-the little finger (so the thumb lies on -x).  Rest pose: flat hand, fingers straight.
+Frame (metres): MANO's axes (fingers along -x, back of the hand toward +y, thumb side +z) with the
+wrist joint at the origin (MANO's own wrist sits at about (0.096, 0.006, 0.006) m; t absorbs such
+offsets).  Rest pose: flat hand, fingers straight.
 
 Construction (see `make_standin_arrays`): a palm tube (16-vertex open wrist ring, then rows of 32
 vertices) whose distal row carries four finger tubes (8-vertex rings, rounded tips ending in one

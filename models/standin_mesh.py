@@ -1,7 +1,8 @@
 """Mesh construction of the stand-in hand (topology, parametric geometry, skinning).
 
 Build frame (mm): wrist joint at the origin, fingers along +y, back of the hand +z, little finger
-toward +x.  `build_layout` fixes the topology once; `hand_vertices(layout, beta)` places every
+toward +x; `hand_vertices` returns the vertices rotated into MANO's axes (`BUILD_TO_MANO`).
+`build_layout` fixes the topology once; `hand_vertices(layout, beta)` places every
 vertex from 10 shape parameters (so shape directions are exact derivatives of the construction);
 `finalize_mesh` turns the construction into the final 778-vertex mesh (drop unused vertices,
 orient outward, split edges, permute ids) as an index pipeline that `FinalMesh.apply` replays on
@@ -41,6 +42,9 @@ THUMB_STATIONS = (("seg", 0, 0.33, 1.1), ("seg", 0, 0.67, 1.03), ("joint", 1, 0.
                   ("seg", 1, 0.5, 0.93), ("joint", 2, 0.0, 0.9), ("dist", 2, 0.5, 0.86),
                   ("cap", 2, 90.0, 0.84), ("cap", 2, 60.0, 0.84), ("cap", 2, 30.0, 0.84))
 SKIN_SIGMA_MM = 6.0
+# MANO's template axes: fingers along -x, back of the hand +y, thumb side +z (build x -> -z,
+# build y -> -x, build z -> +y); a proper rotation, so handedness is kept.
+BUILD_TO_MANO = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])
 SKIN_SMOOTHING_STEPS = 8
 
 
@@ -218,7 +222,7 @@ def _tube_vertices(base: np.ndarray, joints: np.ndarray, half_w: float, stations
 
 
 def hand_vertices(layout: Layout, beta: np.ndarray) -> np.ndarray:
-    """Construction vertex positions (layout.n, 3) in mm for shape parameters beta (10,)."""
+    """Construction vertex positions (layout.n, 3) in mm, MANO axes, for shape parameters beta (10,)."""
     d = _design(np.asarray(beta, dtype=np.float64))
     v = np.zeros((layout.n, 3))
     wrist, rows = _palm_rows(d)
@@ -240,7 +244,7 @@ def hand_vertices(layout: Layout, beta: np.ndarray) -> np.ndarray:
     joints = np.concatenate([cmc[None], cmc + np.cumsum(steps, axis=0)])
     ids = [i for r in thumb.rings for i in r] + [thumb.apex]
     v[ids] = _tube_vertices(base, joints, d["thumb_w"], THUMB_STATIONS, d["taper"])
-    return v * d["size"]
+    return (v * d["size"]) @ BUILD_TO_MANO.T
 
 
 @dataclass

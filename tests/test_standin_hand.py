@@ -58,8 +58,8 @@ def test_disk_topology_with_one_16_vertex_wrist_loop(standin_arrays):
     while nxt[loop[-1]] != loop[0]:
         loop.append(nxt[loop[-1]])
     assert len(loop) == 16                                  # one loop through all 16
-    wrist_y = standin_arrays["v_template"][loop, 1] * 1000
-    assert np.ptp(wrist_y) < 1.0 and wrist_y.mean() < 0     # an open ring behind the wrist joint
+    wrist_x = standin_arrays["v_template"][loop, 0] * 1000   # MANO axes: fingers along -x
+    assert np.ptp(wrist_x) < 1.0 and wrist_x.mean() > 0     # an open ring behind the wrist joint
 
 
 def test_outward_orientation_and_volume(geo):
@@ -76,7 +76,7 @@ def test_outward_orientation_and_volume(geo):
 
 def test_fingertips_are_the_named_vertices(standin_arrays, geo):
     v, _, pts = geo
-    assert v[:, 1].argmax() == TIP_VERTEX_IDS[1]           # middle tip: farthest along the fingers
+    assert v[:, 0].argmin() == TIP_VERTEX_IDS[1]           # middle tip: farthest along the fingers
     dominant = standin_arrays["weights"].argmax(axis=1)
     for tip, dip in zip(range(16, 21), (3, 6, 9, 12, 15)):
         d = (pts[tip] - pts[dip]) / np.linalg.norm(pts[tip] - pts[dip])
@@ -135,7 +135,7 @@ def test_shape_directions_vary_lengths_widths_and_palm(standin_arrays, geo):
         vb = v + sd @ beta
         p = np.concatenate([reg @ vb, vb[list(TIP_VERTEX_IDS)]])
         middle = sum(np.linalg.norm(p[c] - p[k]) for k, c in ((4, 5), (5, 6), (6, 17)))
-        return np.ptp(vb[:, 1]), middle, np.linalg.norm(p[7] - p[1]), np.linalg.norm(p[4] - p[0])
+        return np.ptp(vb[:, 0]), middle, np.linalg.norm(p[7] - p[1]), np.linalg.norm(p[4] - p[0])
 
     base = np.array(measures(np.zeros(10)))
     e = np.eye(10)
