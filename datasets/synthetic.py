@@ -227,12 +227,12 @@ class SyntheticHands:
         return self.pose_sampler.sample(n, generator).to(device=dev, dtype=torch.float32).clone()
 
     def draw(self, batch_size: int, generator: torch.Generator) -> SyntheticDraws:
-        """All random quantities of a batch, drawn on the CPU from `generator` (a CPU generator), so a
-        seed gives the same batch on every device."""
+        """All random quantities of a batch, drawn on the CPU (tiny) so a seed gives the same batch on
+        every device; a non-CPU `generator` is advanced once to seed a CPU generator."""
         cfg, B, g = self.cfg, batch_size, generator
-        if g.device.type != "cpu":
-            raise ValueError("SyntheticHands.draw needs a CPU torch.Generator (draws are tiny; rendering "
-                             "happens on the device passed to build/batch)")
+        if g.device.type != "cpu":  # a device generator seeds a CPU one (deterministically)
+            seed = torch.randint(0, 2 ** 62, (1,), generator=g, device=g.device)
+            g = torch.Generator().manual_seed(int(seed))
         dev = g.device
         rows = self._source_rows(B, g)
         rows[:, 48:58] += cfg.synth_shape_noise * torch.randn(B, 10, generator=g, device=dev)
@@ -296,7 +296,7 @@ class SyntheticHands:
 
     @torch.no_grad()
     def batch(self, batch_size: int, generator: torch.Generator, device) -> dict:
-        """Draw (CPU `generator`) and render `batch_size` samples on `device`; reproducible."""
+        """Draw (from `generator`) and render `batch_size` samples on `device`; reproducible."""
         return self.build(self.draw(batch_size, generator), device)
 
 
