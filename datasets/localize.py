@@ -6,12 +6,13 @@ nearest valid depth form a band; its 8-connected components are tried from the n
 is a hand candidate when it has at least `localize_min_pixels` pixels and its near part (points
 within half a cube depth of its nearest point) covers at most half of a `localize_max_extent_mm`
 square (6.1 dm^2 at 350 mm; a hand with its forearm covers 0.6-2.5 dm^2): a wall, a floor or a body
-facing the camera covers more and is rejected, so a frame without a hand is
+facing the camera covers more and is rejected, and so is a region whose front 50 mm is wider than
+`localize_max_extent_mm` (a floor or a slanted wall), so a frame without a hand is
 reported missing.  When every component of a band is rejected the next band behind it is tried.
 
 Centre: mean shift with a spherical window of radius `HAND_RADIUS_FRACTION` x the cube's smallest
 edge over the candidate's own points (not the whole frame, so body and wall never pull it), seeded
-at the mean of the near part, at most `localize_iterations` steps.  It stays on the hand end of an
+at the mean of its front `SEED_DEPTH_MM`, at most `localize_iterations` steps.  It stays on the hand end of an
 attached forearm.  The result is a centre of the visible surface: it lies in front of the joints
 (about 10 mm, the half thickness of the hand) and toward the palm and wrist of the 21-joint mean
 (which is dominated by the 15 finger joints and 5 tips) by a few centimetres; a trained network
@@ -38,6 +39,7 @@ from config import Config
 HAND_RADIUS_FRACTION = 0.35   # mean-shift window radius / cube edge (87.5 mm for a 250 mm cube)
 TRACK_WINDOW_SCALE = 1.5      # tracking search window = cube x this, around the previous centre
 MAX_BANDS = 8                 # nearer-to-farther depth bands tried before a frame is called missing
+SEED_DEPTH_MM = 50.0          # the mean shift starts at the mean of the region's front 50 mm
 
 Intrinsics = tuple[float, float, float, float]
 
@@ -108,12 +110,16 @@ def hand_center_of_region(points: np.ndarray, K: Intrinsics, s: LocalizerSetting
     """Centre of a candidate region's points (N, 3), or None when its near part is not hand-sized.
 
     The near part (within half a cube depth of the nearest point) of a hand with its forearm covers
-    0.6-2.5 dm^2; a wall, floor or torso covers far more.  Limit: half of a max_extent square.
+    0.6-2.5 dm^2; a wall or torso covers far more.  Limit: half of a max_extent square.  The front
+    part (`SEED_DEPTH_MM`) of a hand is at most 24 cm wide; a floor's is a strip across the frame.
     """
     near = points[points[:, 2] <= points[:, 2].min() + s.cube_mm[2] / 2.0]
     if metric_area_mm2(near, K) > 0.5 * s.max_extent_mm ** 2:
         return None
-    return mean_shift(points, near.mean(axis=0), s.radius_mm, s.iterations)
+    front = points[points[:, 2] <= points[:, 2].min() + SEED_DEPTH_MM]
+    if np.any(np.ptp(front[:, :2], axis=0) > s.max_extent_mm):   # a floor or a slanted wall
+        return None
+    return mean_shift(points, front.mean(axis=0), s.radius_mm, s.iterations)
 
 
 def locate_in_mask(depth_mm: np.ndarray, K: Intrinsics, s: LocalizerSettings, valid: np.ndarray) -> np.ndarray | None:
