@@ -21,6 +21,7 @@ pixel whose (u_n, v_n, d_n) lies strictly inside an occluder becomes background 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -156,6 +157,12 @@ def load_pose_rows(path: str) -> Tensor:
     return torch.from_numpy(arr)
 
 
+@functools.lru_cache(maxsize=1)
+def _standin_arrays() -> dict:
+    from models.standin_hand import make_standin_arrays
+    return make_standin_arrays()
+
+
 def hand_arrays(cfg: Config, hand_model) -> dict:
     """The MANO-layout arrays behind `hand_model` (for the pose sampler): its own `.arrays` when it
     keeps them, else the stand-in or the model file of cfg.mano_path, as models.mano.build_hand_model."""
@@ -163,8 +170,7 @@ def hand_arrays(cfg: Config, hand_model) -> dict:
     if arrays is not None:
         return arrays
     if getattr(hand_model, "is_standin", True):
-        from models.standin_hand import make_standin_arrays
-        return make_standin_arrays()
+        return _standin_arrays()
     from models.mano import _resolve
     from models.mano_io import load_mano_arrays
     return load_mano_arrays(_resolve(cfg.mano_path))
