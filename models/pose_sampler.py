@@ -19,14 +19,15 @@ camera's y axis U(-50°, 50°), pitch about its x axis U(-40°, 40°).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 from torch import Tensor
 
-from datasets.joints import BONE_CHILD
+from smplx.lbs import batch_rigid_transform
+
+from datasets.joints import BONE_CHILD, MANO_PARENTS, TIP_VERTEX_IDS
+from models.mano import axis_angle_to_matrix
 
 NUM_PARAMS = 62
 FINGER_CHAINS = ((1, 2, 3), (4, 5, 6), (7, 8, 9), (10, 11, 12))  # index, middle, pinky, ring
@@ -180,33 +181,42 @@ class PoseSampler:
     arrays: MANO-layout dict (real MANO or stand-in).  With ``hands_coeffs`` present, θ rows are
     drawn from it; else articulations come from `sample_joint_angles`, and a pose whose bones of
     two different fingers come closer than `min_clearance` x (middle-finger length) is redrawn.
+    The test runs on the rigid skeleton (rest joints moved by the kinematic chain, tips by their
+    DIP / IP transform), which is much cheaper than the posed mesh and close to its joints.
     """
 
     def __init__(self, arrays: dict, seed: int = 0, min_clearance: float = 0.13):
-        from models.mano import HandModel  # local import: models.mano imports the stand-in
-        self.model = HandModel(arrays)
         self.generator = torch.Generator().manual_seed(seed)
         self.coeffs = None
         if arrays.get("hands_coeffs") is not None:
             self.coeffs = torch.as_tensor(np.asarray(arrays["hands_coeffs"]), dtype=torch.float64)
-        rest_j, rest_tips = self._rest_skeleton()
+        reg = arrays["J_regressor"]
+        v = np.asarray(arrays["v_template"], dtype=np.float64) * 1000.0
+        rest_j = np.asarray(reg @ v, dtype=np.float64)            # dense or scipy.sparse regressor
+        rest_tips = v[list(TIP_VERTEX_IDS)]
+        self.rest_joints = torch.from_numpy(rest_j)
+        self.rest_tips = torch.from_numpy(rest_tips)
+        self.parents = torch.as_tensor(MANO_PARENTS)
         self.axes = anatomical_axes(rest_j, rest_tips)
         self.finger_dir = _unit(rest_j[4] - rest_j[0])
         self.palmar = _unit(np.cross(rest_j[1] - rest_j[0], rest_j[7] - rest_j[0]))
-        middle_len = sum(np.linalg.norm(np.concatenate([rest_j, rest_tips])[c] - rest_j[k])
-                         for k, c in ((4, 5), (5, 6), (6, 17)))
+        pts = np.concatenate([rest_j, rest_tips])
+        middle_len = sum(np.linalg.norm(pts[c] - pts[k]) for k, c in ((4, 5), (5, 6), (6, 17)))
         self.min_gap_mm = min_clearance * middle_len
         self.components = np.asarray(arrays["hands_components"], dtype=np.float64)
         self.mean = np.asarray(arrays["hands_mean"], dtype=np.float64).reshape(-1)
 
-    def _rest_skeleton(self) -> tuple[np.ndarray, np.ndarray]:
-        """Skeleton of the flat hand (articulation 0, β = 0) in mm: (16, 3), (5, 3)."""
-        p = torch.zeros(1, NUM_PARAMS)
-        p[0, 3:48] = -self.model.hands_mean @ self.model.hands_components.T
-        with torch.no_grad():
-            _, j = self.model.mano_mm(p)
-        j = j[0].double().numpy()
-        return j[:16], j[16:]
+    def skeleton(self, articulation: np.ndarray) -> Tensor:
+        """Rigidly posed skeleton (n, 21, 3) mm for articulations (n, 45), ω = 0, β = 0."""
+        n = articulation.shape[0]
+        rotvec = torch.cat([torch.zeros(n, 1, 3, dtype=torch.float64),
+                            torch.from_numpy(articulation).reshape(n, 15, 3)], dim=1)
+        rot = axis_angle_to_matrix(rotvec)
+        joints, A = batch_rigid_transform(rot, self.rest_joints.expand(n, 16, 3), self.parents,
+                                          dtype=torch.float64)
+        tip_T = A[:, [3, 6, 9, 12, 15]]                           # (n, 5, 4, 4)
+        tips = (tip_T[..., :3, :3] @ self.rest_tips[None, :, :, None])[..., 0] + tip_T[..., :3, 3]
+        return torch.cat([joints, tips], dim=1)
 
     def _articulated_thetas(self, n: int, g: torch.Generator) -> Tensor:
         """θ (n, 45) from anatomical sampling with clearance rejection."""
@@ -214,12 +224,8 @@ class PoseSampler:
         for _ in range(50):
             m = max(2 * (n - have), 16)
             art = angles_to_articulation(sample_joint_angles(m, g), self.axes)
+            ok = finger_clearance(self.skeleton(art)) >= self.min_gap_mm
             theta = torch.from_numpy((art - self.mean) @ self.components.T)
-            p = torch.zeros(m, NUM_PARAMS)
-            p[:, 3:48] = theta.float()
-            with torch.no_grad():
-                _, joints = self.model.mano_mm(p)
-            ok = finger_clearance(joints) >= self.min_gap_mm
             kept.append(theta[ok])
             have += int(ok.sum())
             if have >= n:
@@ -229,8 +235,15 @@ class PoseSampler:
         return torch.cat(kept)[:n]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n source-space rows (n, 62) float32: ω (3), θ (45), β = 0 (10), s = 1, t = 0 (3)."""
+        """n source-space rows (n, 62) float32 on the CPU: ω (3), θ (45), β = 0 (10), s = 1, t = 0.
+
+        generator: a CPU generator (default: the sampler's own, seeded at construction); one on
+        another device only seeds a CPU generator.
+        """
         g = self.generator if generator is None else generator
+        if g.device.type != "cpu":
+            seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+            g = torch.Generator().manual_seed(seed)
         if self.coeffs is not None:
             idx = torch.randint(0, self.coeffs.shape[0], (n,), generator=g)
             theta = self.coeffs[idx]
