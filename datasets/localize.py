@@ -15,8 +15,8 @@ edge over the candidate's own points (not the whole frame, so body and wall neve
 at the mean of its front `SEED_DEPTH_MM`, at most `localize_iterations` steps.  It stays on the hand end of an
 attached forearm.  The result is a centre of the visible surface: it lies in front of the joints
 (about 10 mm, the half thickness of the hand) and toward the palm and wrist of the 21-joint mean
-(which is dominated by the 15 finger joints and 5 tips) by a few centimetres; a trained network
-corrects that offset through tracking.
+(which is dominated by the 15 finger joints and 5 tips) by a few centimetres; the exporter
+re-centres detected frames on a first prediction, and tracking carries that offset (below).
 
 Tracking: in a sequence the previous frame's predicted hand centre defines a search window (the crop
 cube enlarged by `TRACK_WINDOW_SCALE`); detection runs on the points inside it only, so a nearer
@@ -39,6 +39,7 @@ from config import Config
 HAND_RADIUS_FRACTION = 0.35   # mean-shift window radius / cube edge (87.5 mm for a 250 mm cube)
 TRACK_WINDOW_SCALE = 1.5      # tracking search window = cube x this, around the previous centre
 MAX_BANDS = 8                 # nearer-to-farther depth bands tried before a frame is called missing
+MAX_OFFSET_FRACTION = 0.25    # largest surface-to-joints offset carried by tracking / cube edge
 SEED_DEPTH_MM = 50.0          # the mean shift starts at the mean of the region's front 50 mm
 
 Intrinsics = tuple[float, float, float, float]
@@ -180,23 +181,37 @@ def track_hand(depth_mm: np.ndarray, K: Intrinsics, s: LocalizerSettings, previo
 
 
 class HandTracker:
-    """Detect-then-track localizer for one sequence."""
+    """Detect-then-track localizer for one sequence.
+
+    The localizer finds a surface centre; a prediction gives the joint mean.  Their difference in
+    one frame (clipped to `MAX_OFFSET_FRACTION` of the cube) is added to the next tracked surface
+    centre, so tracked crops are centred on the joints rather than on the visible surface.
+    """
 
     def __init__(self, K: Intrinsics, settings: LocalizerSettings, track: bool = True):
         self.K, self.s, self.track = K, settings, track
         self.previous: np.ndarray | None = None
+        self.surface: np.ndarray | None = None
+        self.offset = np.zeros(3)
         self.lost_count = 0
 
     def locate(self, depth_mm: np.ndarray) -> tuple[np.ndarray | None, str]:
         """Centre for this frame and how it was found: 'tracked', 'detected' or 'missing'."""
         if self.track and self.previous is not None:
-            center = track_hand(depth_mm, self.K, self.s, self.previous)
-            if center is not None:
-                return center, "tracked"
+            surface = track_hand(depth_mm, self.K, self.s, self.previous)
+            if surface is not None:
+                self.surface = surface
+                return surface + self.offset, "tracked"
             self.lost_count += 1
-        center = detect_hand(depth_mm, self.K, self.s)
-        return (center, "detected") if center is not None else (None, "missing")
+        self.surface, self.offset = detect_hand(depth_mm, self.K, self.s), np.zeros(3)
+        return (self.surface, "detected") if self.surface is not None else (None, "missing")
 
     def update(self, predicted_center_mm: np.ndarray | None) -> None:
         """Seed the next frame with this frame's predicted hand centre (None: detect next time)."""
-        self.previous = None if predicted_center_mm is None else np.asarray(predicted_center_mm, np.float64)
+        if predicted_center_mm is None or self.surface is None:
+            self.previous, self.offset = None, np.zeros(3)
+            return
+        self.previous = np.asarray(predicted_center_mm, np.float64)
+        offset = self.previous - self.surface
+        limit = MAX_OFFSET_FRACTION * min(self.s.cube_mm)
+        self.offset = offset * min(1.0, limit / max(float(np.linalg.norm(offset)), 1e-9))

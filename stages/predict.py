@@ -68,8 +68,14 @@ class Predictor:
             out.append({"pwe": pwe, "mpe": mpe, "params": stage.params})
         return out
 
-    def predict_frame(self, depth_mm: np.ndarray, center_mm: np.ndarray, K: np.ndarray) -> dict[str, np.ndarray]:
-        """Full frame (H,W) mm + centre (3,) mm + intrinsics (3,3) -> last stage's joints (21,3) mm."""
+    def predict_frame(self, depth_mm: np.ndarray, center_mm: np.ndarray, K: np.ndarray,
+                      with_mesh: bool = False) -> dict[str, np.ndarray]:
+        """Full frame (H,W) mm + centre (3,) mm + intrinsics (3,3) -> last stage's prediction.
+
+        Returns 'xyz' (21,3) camera mm of the `export_branch`, 'params' (62,) network space and, with
+        with_mesh, 'verts' (V,3) camera mm of the predicted hand.  The crop is made exactly as the
+        datasets make theirs (render.camera), with the cube `cube_mm`.
+        """
         cube = torch.tensor([self.cfg.cube_mm], dtype=torch.float64)
         c = torch.from_numpy(np.asarray(center_mm, np.float64))[None]
         Kt = torch.from_numpy(np.asarray(K, np.float64))[None]
@@ -77,5 +83,10 @@ class Predictor:
         crop_mm = camera.crop_frame_nearest(depth_mm, A[0].numpy(), camera.CROP_SIZE)
         depth_n = camera.normalize_depth(torch.from_numpy(crop_mm)[None, None].double(), c[:, 2], cube[:, 2])
         last = self.predict_crops(depth_n, c, cube, A @ Kt)[-1]
-        return {"xyz": last[self.cfg.export_branch][0].double().cpu().numpy(),
-                "params": last["params"][0].double().cpu().numpy()}
+        out = {"xyz": last[self.cfg.export_branch][0].double().cpu().numpy(),
+               "params": last["params"][0].double().cpu().numpy()}
+        if with_mesh:
+            with torch.no_grad():
+                verts_nu, _ = self.hand_model.network_space(last["params"])
+            out["verts"] = camera.norm_to_xyz(verts_nu.double().cpu(), c, cube)[0].numpy()
+        return out

@@ -95,7 +95,10 @@ def test_tracking_follows_a_moving_hand_and_ignores_a_nearer_object(hand_model, 
             assert wrong is not None and wrong[2] < 360.0  # detection alone takes the nearer object
         center, how = tracker.locate(depth)
         hows.append(how)
-        assert center is not None and np.linalg.norm(center - scene.joint_mean) < 95.0
+        # once a prediction (here the true joint mean) has given the surface-to-joints offset,
+        # tracked centres land on the joints, not just on the visible surface
+        tol = 95.0 if k == 0 else 20.0
+        assert center is not None and np.linalg.norm(center - scene.joint_mean) < tol, (k, center, scene.joint_mean)
         tracker.update(scene.joint_mean)  # a perfect prediction seeds the next frame
     assert hows == ["detected"] + ["tracked"] * 4
 
