@@ -83,12 +83,14 @@ class HandModel(nn.Module):
     Attributes: ``faces`` (1554, 3) long buffer (wrist-capped), ``part_faces`` list of 15 long
     tensors (faces with a vertex whose skinning weight for joint k = 1..15 exceeds 0.1),
     ``regressor_support`` list of 16 long tensors (vertices with non-zero regressor weight),
-    ``is_standin`` (the generated stand-in hand, not MANO).  All tensors are buffers and move
-    with ``.to()``; the layer computes in the buffers' dtype (float32 by default).
+    ``is_standin`` (the generated stand-in hand, not MANO), ``arrays`` (the source dict, e.g. for
+    the pose sampler).  All tensors are buffers and move with ``.to()``; the layer computes in
+    the buffers' dtype (float32 by default).
     """
 
     def __init__(self, arrays: dict):
         super().__init__()
+        self.arrays = arrays
         self.is_standin = "standin_version" in arrays
         parents = np.asarray(arrays["kintree_table"])[0].astype(np.int64)
         parents[0] = -1
