@@ -93,15 +93,15 @@ def test_nyu36_uses_the_shared_joint_table():
 def simreal_root(tmp_path_factory, hand_model):
     root = tmp_path_factory.mktemp("simreal")
     cfg = make_config(dataset="simreal", data_root=str(root), hand_model="standin")
-    summary = generate_simreal(root, cfg, 8, 6, seed=5)
+    summary = generate_simreal(root, cfg, 8, 4, seed=5)
     return root, cfg, summary
 
 
 def test_simreal_writes_nyu_format(simreal_root):
     root, _, summary = simreal_root
-    assert summary["frames"] == {"train": 8, "test": 6}
+    assert summary["frames"] == {"train": 8, "test": 4}
     assert 8.0 < summary["center_error_mm"]["test"] < 30.0
-    for split, n in (("train", 8), ("test", 6)):
+    for split, n in (("train", 8), ("test", 4)):
         assert len(list((root / split).glob("depth_1_*.png"))) == n
         assert (root / split / "joint_data.mat").is_file()
         lines = (root / split / f"center_{split}_refined.txt").read_text().split("\n")
@@ -119,7 +119,7 @@ def test_simreal_loads_through_the_nyu_loader_with_joints_on_the_hand(simreal_ro
     from datasets import build_dataset
     root, cfg, _ = simreal_root
     ds = build_dataset(replace(cfg, augment=False), "test", labels=True)
-    assert len(ds) == 6
+    assert len(ds) == 4
     on_hand, behind, total = 0, 0, 0
     for i in range(len(ds)):
         item = ds[i]
