@@ -11,7 +11,12 @@ skeleton on the depth image.  For DHG/SHREC also `skeletons_world_pred.txt` (22 
 camera frame x right, y down, z forward) and `skeletons_image_pred.txt` (22 x u, v px) in each
 sequence folder of the dataset, one line per exported frame (NaN for frames without a hand).
 Mirrored inputs (DHG/SHREC are left-hand views of a right-hand model) are un-mirrored in every
-output.
+output.  With `export_write_meshes` the NPZ also holds `params` (62, network space), `verts_mm`
+(V, 3 per frame) and `faces` (winding reversed for mirrored inputs so normals still point out).
+
+Per frame: the hand is localized (datasets.localize: tracked from the previous prediction, else
+detected), a detected surface centre is refined by one re-centred second prediction, the crop is
+made exactly as in the datasets and the network's last stage gives the joints (`export_branch`).
 """
 from __future__ import annotations
 
@@ -44,16 +49,35 @@ def dhg22_from_network(joints21: np.ndarray) -> np.ndarray:
 @dataclass
 class SequenceResult:
     frame_ids: list[int] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
     how: list[str] = field(default_factory=list)
     uvd: list[np.ndarray] = field(default_factory=list)      # (21, 3) u px, v px, d mm
     xyz: list[np.ndarray] = field(default_factory=list)      # (21, 3) mm
-    center: list[np.ndarray] = field(default_factory=list)   # (3,) mm
+    center: list[np.ndarray] = field(default_factory=list)   # (3,) mm, crop centre used
     params: list[np.ndarray] = field(default_factory=list)   # (62,) network space
+    verts: list[np.ndarray] = field(default_factory=list)    # (V, 3) mm (export_write_meshes only)
     seconds: float = 0.0
+
+    def add(self, fid: int, path: Path, how: str, K: np.ndarray, pred: dict | None, center: np.ndarray | None) -> None:
+        """One frame; NaN rows where no hand was found."""
+        self.frame_ids.append(fid)
+        self.paths.append(path)
+        self.how.append(how)
+        xyz = pred["xyz"] if pred is not None else np.full((21, 3), np.nan)
+        self.xyz.append(xyz)
+        self.uvd.append(project_px(xyz, K))
+        self.center.append(center if center is not None else np.full(3, np.nan))
+        self.params.append(pred["params"] if pred is not None else np.full(62, np.nan))
+        self.verts.append(None if pred is None else pred.get("verts"))
+
+
+def project_px(xyz: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Camera mm (..., 3) -> (u px, v px, d mm) with K (3, 3) (render.camera.project)."""
+    return camera.project(torch.from_numpy(np.asarray(xyz, np.float64)), torch.from_numpy(K)).numpy()
 
 
 def draw_overlay(depth_mm: np.ndarray, uv: np.ndarray | None, center_uv: np.ndarray | None) -> np.ndarray:
-    """Colour depth image (near = bright) with the 21-joint skeleton drawn on it (BGR uint8)."""
+    """Colour depth image (near = bright) with the 21-joint skeleton and the crop centre (BGR uint8)."""
     valid = depth_mm > 0
     img = np.zeros(depth_mm.shape + (3,), np.uint8)
     if valid.any():
@@ -62,22 +86,56 @@ def draw_overlay(depth_mm: np.ndarray, uv: np.ndarray | None, center_uv: np.ndar
         g = np.clip(1.0 - (depth_mm - lo) / max(hi - lo, 1.0), 0, 1)
         img = cv2.applyColorMap((g * 255).astype(np.uint8), cv2.COLORMAP_BONE)
         img[~valid] = 0
-    if uv is not None:
+    if uv is not None and np.all(np.isfinite(uv)):
         pts = [tuple(int(round(c)) for c in p) for p in uv]
         for j, parent in enumerate(NETWORK_PARENTS):
             if parent >= 0:
                 cv2.line(img, pts[parent], pts[j], (0, 200, 255), 2, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, p, 3, (0, 0, 255), -1, cv2.LINE_AA)
-    if center_uv is not None:
+    if center_uv is not None and np.all(np.isfinite(center_uv)):
         c = tuple(int(round(v)) for v in center_uv)
         cv2.drawMarker(img, c, (0, 255, 0), cv2.MARKER_CROSS, 12, 2)
     return img
 
 
+def sequence_mirror(cfg: Config, seq: Sequence) -> bool:
+    """export_mirror, or by default: yes for DHG/SHREC, no for a folder."""
+    return cfg.export_mirror if cfg.export_mirror is not None else seq.layout in ("dhg", "shrec")
+
+
+def locate_and_predict(depth: np.ndarray, tracker: HandTracker, predictor: Predictor, K: np.ndarray,
+                       with_mesh: bool) -> tuple[np.ndarray | None, str, dict | None]:
+    """Centre, how it was found, and the prediction of one (already mirrored) frame.
+
+    A detected centre is a surface centre: the frame is predicted once there, re-cropped at the
+    predicted joint mean and predicted again.  The tracker is seeded with the final joint mean.
+    """
+    center, how = tracker.locate(depth)
+    if center is None:
+        tracker.update(None)
+        return None, how, None
+    pred = predictor.predict_frame(depth, center, K, with_mesh)
+    if how == "detected" and np.all(np.isfinite(pred["xyz"])):
+        center = pred["xyz"].mean(axis=0)
+        pred = predictor.predict_frame(depth, center, K, with_mesh)
+    tracker.update(pred["xyz"].mean(axis=0))
+    return center, how, pred
+
+
+def unmirror(pred: dict | None, center: np.ndarray | None) -> tuple[dict | None, np.ndarray | None]:
+    """The 3D reflection x -> -x undoes the image mirror about cx (spec 1.5)."""
+    if pred is None:
+        return None, None
+    out = dict(pred, xyz=mirror_xyz(pred["xyz"]))
+    if "verts" in pred:
+        out["verts"] = mirror_xyz(pred["verts"])
+    return out, mirror_xyz(center)
+
+
 def export_sequence(seq: Sequence, predictor: Predictor, cfg: Config, out: Path) -> SequenceResult:
-    """Localize, crop, predict and un-mirror every frame of one sequence."""
-    mirror = cfg.export_mirror if cfg.export_mirror is not None else seq.layout in ("dhg", "shrec")
+    """Localize, crop, predict and un-mirror every frame of one sequence; write overlays."""
+    mirror = sequence_mirror(cfg, seq)
     fx, fy, cx, cy = seq.intrinsics
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
     tracker = HandTracker(seq.intrinsics, LocalizerSettings.from_config(cfg), cfg.track)
@@ -90,35 +148,21 @@ def export_sequence(seq: Sequence, predictor: Predictor, cfg: Config, out: Path)
     for n, (fid, path) in enumerate(pairs):
         raw = read_frame(path, cfg.export_depth_format)
         depth = mirror_frame(raw, cx) if mirror else raw
-        center, how = tracker.locate(depth)
-        uvd = xyz = params = None
-        if center is not None:
-            pred = predictor.predict_frame(depth, center, K)
-            xyz, params = pred["xyz"], pred["params"]
-            tracker.update(xyz.mean(axis=0))
-        else:
-            tracker.update(None)
-        if mirror and xyz is not None:  # the 3D reflection x -> -x undoes the image mirror
-            xyz, center = mirror_xyz(xyz), mirror_xyz(center)
-        if xyz is not None:
-            uvz = camera.project(torch.from_numpy(xyz), torch.from_numpy(K)).numpy()
-            uvd = uvz
-        res.frame_ids.append(fid)
-        res.how.append(how)
-        res.uvd.append(uvd if uvd is not None else np.full((21, 3), np.nan))
-        res.xyz.append(xyz if xyz is not None else np.full((21, 3), np.nan))
-        res.center.append(center if center is not None else np.full(3, np.nan))
-        res.params.append(params if params is not None else np.full(62, np.nan))
+        center, how, pred = locate_and_predict(depth, tracker, predictor, K, cfg.export_write_meshes)
+        if mirror:
+            pred, center = unmirror(pred, center)
+        res.add(fid, path, how, K, pred, center)
         if n < cfg.save_overlays:
-            c_uv = None if center is None else camera.project(torch.from_numpy(center[None]), torch.from_numpy(K)).numpy()[0, :2]
             overlay_dir.mkdir(parents=True, exist_ok=True)
+            c_uv = None if center is None else project_px(center[None], K)[0, :2]
             cv2.imwrite(str(overlay_dir / f"{fid:06d}.png"),
-                        draw_overlay(raw, None if uvd is None else uvd[:, :2], c_uv))
+                        draw_overlay(raw, None if pred is None else res.uvd[-1][:, :2], c_uv))
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def write_sequence_outputs(seq: Sequence, res: SequenceResult, out: Path, cfg: Config) -> None:
+def write_sequence_outputs(seq: Sequence, res: SequenceResult, out: Path, cfg: Config,
+                           faces: np.ndarray | None = None) -> None:
     """CSV/NPZ per sequence, and DHG/SHREC skeleton files in the sequence folder."""
     out.mkdir(parents=True, exist_ok=True)
     uvd, xyz = np.stack(res.uvd), np.stack(res.xyz)
@@ -126,6 +170,9 @@ def write_sequence_outputs(seq: Sequence, res: SequenceResult, out: Path, cfg: C
                   found=np.array([h != "missing" for h in res.how]))
     if cfg.export_write_meshes:
         arrays["params"] = np.stack(res.params)
+        V = next((v.shape[0] for v in res.verts if v is not None), 0)
+        arrays["verts_mm"] = np.stack([v if v is not None else np.full((V, 3), np.nan) for v in res.verts])
+        arrays["faces"] = faces
     np.savez_compressed(out / "joints21.npz", **arrays)
     with open(out / "joints21.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -137,7 +184,7 @@ def write_sequence_outputs(seq: Sequence, res: SequenceResult, out: Path, cfg: C
     with open(out / "frames.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["frame", "file", "localization"])
-        for fid, path, how in zip(res.frame_ids, seq.frames, res.how):
+        for fid, path, how in zip(res.frame_ids, res.paths, res.how):
             w.writerow([fid, Path(path).name, how])
     if seq.layout in ("dhg", "shrec"):
         write_skeletons(seq.folder, dhg22_from_network(xyz) / 1000.0, dhg22_from_network(uvd)[..., :2])
@@ -159,7 +206,9 @@ def run(cfg: Config) -> dict:
     for seq in tqdm(sequences, desc="export", disable=not cfg.progress or len(sequences) == 1):
         out = out_root / seq.name
         res = export_sequence(seq, predictor, cfg, out)
-        write_sequence_outputs(seq, res, out, cfg)
+        faces = predictor.hand_model.faces.cpu().numpy()
+        # un-mirrored meshes (x -> -x) keep their outward normals with the winding reversed
+        write_sequence_outputs(seq, res, out, cfg, faces[:, ::-1].copy() if sequence_mirror(cfg, seq) else faces)
         totals["sequences"] += 1
         totals["frames"] += len(res.how)
         totals["seconds"] += res.seconds
