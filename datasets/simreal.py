@@ -213,6 +213,22 @@ def kinect_sensor(depth: Tensor, fx: float, generator: torch.Generator, style: S
     return torch.where(drop & (z < NYU_FILL_MM), torch.zeros_like(z), z)
 
 
+def sense_in_range(depth: Tensor, fx: float, generator: torch.Generator, style: SimrealStyle = STYLE,
+                   margin: int = 2) -> Tensor:
+    """`kinect_sensor` of one frame (H, W), run only on the bounding box (+ margin) of the surfaces
+    nearer than the NYU fill; everything else (the far wall) reads the fill value, as it would."""
+    near = (depth > 0) & (depth < NYU_FILL_MM)
+    out = torch.full_like(depth, NYU_FILL_MM)
+    if not near.any():
+        return out
+    rows, cols = near.any(dim=1).nonzero()[:, 0], near.any(dim=0).nonzero()[:, 0]
+    H, W = depth.shape
+    r0, r1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, H)
+    c0, c1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, W)
+    out[r0:r1, c0:c1] = kinect_sensor(depth[None, r0:r1, c0:c1], fx, generator, style)[0]
+    return out
+
+
 # ---- labels and centres -------------------------------------------------------------------------------
 def nyu36_from_network(joints: Tensor, verts: Tensor, palm_sets: tuple) -> Tensor:
     """NYU 36 joints (B, 36, 3) from network joints (B, 21, 3) and mesh (B, 779, 3); see module doc.
@@ -337,8 +353,8 @@ class SimrealScene:
         for k, i in enumerate(range(0, n, batch)):
             clean = self.clean_depth(draws, slice(i, i + batch))
             g = torch.Generator().manual_seed(sample_seed(seed, k))
-            for f in kinect_sensor(clean, float(self.K[0, 0]), g, self.style):
-                yield f.numpy()
+            for f in clean:
+                yield sense_in_range(f, float(self.K[0, 0]), g, self.style).numpy()
 
 
 def generate_simreal(root: str | Path, cfg: Config, n_train: int, n_test: int, seed: int) -> dict:
