@@ -90,6 +90,8 @@ class HandModel(nn.Module):
 
     def __init__(self, arrays: dict):
         super().__init__()
+        from models.mano_io import validate_mano_arrays
+        validate_mano_arrays(arrays, "hand model arrays")
         self.arrays = arrays
         self.is_standin = "standin_version" in arrays
         parents = np.asarray(arrays["kintree_table"])[0].astype(np.int64)

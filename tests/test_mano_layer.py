@@ -181,6 +181,15 @@ def test_buffers_move_with_to(standin_arrays):
     assert sum(n.startswith("_part_faces_") for n in names) == 15
 
 
+def test_bad_arrays_are_rejected(standin_arrays):
+    kintree = standin_arrays["kintree_table"].copy()
+    kintree[0, 5] = 0
+    with pytest.raises(ValueError, match="kintree_table parents"):
+        HandModel(dict(standin_arrays, kintree_table=kintree))
+    with pytest.raises(ValueError, match="'weights' has shape"):
+        HandModel(dict(standin_arrays, weights=standin_arrays["weights"][:, :15]))
+
+
 def test_real_mano_requires_the_spec_wrist_loop(standin_arrays):
     arrays = {k: v for k, v in standin_arrays.items() if k != "standin_version"}
     with pytest.raises(ValueError, match="wrist loop"):
