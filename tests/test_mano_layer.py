@@ -196,6 +196,34 @@ def test_real_mano_requires_the_spec_wrist_loop(standin_arrays):
         HandModel(arrays)
 
 
+def _relabel(arrays: dict, new_of_old: np.ndarray) -> dict:
+    """The same hand with vertex i renamed new_of_old[i] (a MANO-file-like dict, no stand-in key)."""
+    old_of_new = np.argsort(new_of_old)
+    out = {k: v for k, v in arrays.items() if k != "standin_version"}
+    for k in ("v_template", "shapedirs", "posedirs", "weights"):
+        out[k] = arrays[k][old_of_new]
+    out["J_regressor"] = arrays["J_regressor"][:, old_of_new]
+    out["f"] = new_of_old[arrays["f"]]
+    return out
+
+
+def test_mano_file_path_with_the_spec_wrist_loop(standin_arrays, hand_model):
+    from models.mano import MANO_WRIST_LOOP
+    loop = hand_model.wrist_loop.tolist()
+    new_of_old = -np.ones(778, dtype=np.int64)
+    new_of_old[loop] = MANO_WRIST_LOOP
+    new_of_old[list(TIP_VERTEX_IDS)] = TIP_VERTEX_IDS
+    rest = [i for i in range(778) if new_of_old[i] < 0]
+    new_of_old[rest] = sorted(set(range(778)) - set(new_of_old[new_of_old >= 0].tolist()))
+    model = HandModel(_relabel(standin_arrays, new_of_old))
+    assert not model.is_standin and model.name == "MANO"
+    p = _random_params(2, seed=4).float()
+    v, j = model.mano_mm(p)
+    v0, j0 = hand_model.mano_mm(p)
+    assert torch.allclose(v[:, new_of_old], v0[:, :778], atol=1e-3) and torch.allclose(j, j0, atol=1e-3)
+    assert torch.allclose(v[:, 778], v0[:, 778], atol=1e-3)
+
+
 def test_build_hand_model_choices(tmp_path, standin_arrays):
     cfg = make_config([], mano_path=str(tmp_path / "MANO_RIGHT.pkl"), hand_model="auto")
     with pytest.warns(UserWarning, match=r"stand-in hand.*MANO_RIGHT\.pkl"):
