@@ -5,9 +5,10 @@
     python train_render.py phase=export load_model=... export_source=dhg export_input=DHG2016/
 
 Per sequence (under out_dir/<sequence>/): `joints21.csv` and `joints21.npz` (21 network joints per
-frame in full-image u, v px + depth mm and in camera xyz mm; NaN where no hand was found),
+frame in full-image u, v px + depth mm and in camera xyz mm; NaN where no hand was found; the NPZ
+also holds `center_mm`, the crop centre used, and `located_mm`, the localizer's surface centre),
 `frames.csv` (how each frame's hand was found: tracked / detected / missing), overlay PNGs of the
-skeleton on the depth image.  For DHG/SHREC also `skeletons_world_pred.txt` (22 joints, metres,
+skeleton (and of the localizer's centre, a green cross) on the depth image.  For DHG/SHREC also `skeletons_world_pred.txt` (22 joints, metres,
 camera frame x right, y down, z forward) and `skeletons_image_pred.txt` (22 x u, v px) in each
 sequence folder of the dataset, one line per exported frame (NaN for frames without a hand).
 Mirrored inputs (DHG/SHREC are left-hand views of a right-hand model) are un-mirrored in every
@@ -54,11 +55,13 @@ class SequenceResult:
     uvd: list[np.ndarray] = field(default_factory=list)      # (21, 3) u px, v px, d mm
     xyz: list[np.ndarray] = field(default_factory=list)      # (21, 3) mm
     center: list[np.ndarray] = field(default_factory=list)   # (3,) mm, crop centre used
+    located: list[np.ndarray] = field(default_factory=list)  # (3,) mm, the localizer's surface centre
     params: list[np.ndarray] = field(default_factory=list)   # (62,) network space
     verts: list[np.ndarray] = field(default_factory=list)    # (V, 3) mm (export_write_meshes only)
     seconds: float = 0.0
 
-    def add(self, fid: int, path: Path, how: str, K: np.ndarray, pred: dict | None, center: np.ndarray | None) -> None:
+    def add(self, fid: int, path: Path, how: str, K: np.ndarray, pred: dict | None, center: np.ndarray | None,
+            located: np.ndarray | None) -> None:
         """One frame; NaN rows where no hand was found."""
         self.frame_ids.append(fid)
         self.paths.append(path)
@@ -67,6 +70,7 @@ class SequenceResult:
         self.xyz.append(xyz)
         self.uvd.append(project_px(xyz, K))
         self.center.append(center if center is not None else np.full(3, np.nan))
+        self.located.append(located if located is not None else np.full(3, np.nan))
         self.params.append(pred["params"] if pred is not None else np.full(62, np.nan))
         self.verts.append(None if pred is None else pred.get("verts"))
 
@@ -105,8 +109,8 @@ def sequence_mirror(cfg: Config, seq: Sequence) -> bool:
 
 
 def locate_and_predict(depth: np.ndarray, tracker: HandTracker, predictor: Predictor, K: np.ndarray,
-                       with_mesh: bool) -> tuple[np.ndarray | None, str, dict | None]:
-    """Centre, how it was found, and the prediction of one (already mirrored) frame.
+                       with_mesh: bool) -> tuple[np.ndarray | None, np.ndarray | None, str, dict | None]:
+    """Crop centre, localizer's surface centre, how it was found, prediction of one (mirrored) frame.
 
     A detected centre is a surface centre: the frame is predicted once there, re-cropped at the
     predicted joint mean and predicted again.  The tracker is seeded with the final joint mean.
@@ -114,23 +118,24 @@ def locate_and_predict(depth: np.ndarray, tracker: HandTracker, predictor: Predi
     center, how = tracker.locate(depth)
     if center is None:
         tracker.update(None)
-        return None, how, None
+        return None, None, how, None
+    located = tracker.surface
     pred = predictor.predict_frame(depth, center, K, with_mesh)
     if how == "detected" and np.all(np.isfinite(pred["xyz"])):
         center = pred["xyz"].mean(axis=0)
         pred = predictor.predict_frame(depth, center, K, with_mesh)
     tracker.update(pred["xyz"].mean(axis=0))
-    return center, how, pred
+    return center, located, how, pred
 
 
-def unmirror(pred: dict | None, center: np.ndarray | None) -> tuple[dict | None, np.ndarray | None]:
+def unmirror(pred: dict | None) -> dict | None:
     """The 3D reflection x -> -x undoes the image mirror about cx (spec 1.5)."""
     if pred is None:
-        return None, None
+        return None
     out = dict(pred, xyz=mirror_xyz(pred["xyz"]))
     if "verts" in pred:
         out["verts"] = mirror_xyz(pred["verts"])
-    return out, mirror_xyz(center)
+    return out
 
 
 def export_sequence(seq: Sequence, predictor: Predictor, cfg: Config, out: Path) -> SequenceResult:
@@ -148,13 +153,13 @@ def export_sequence(seq: Sequence, predictor: Predictor, cfg: Config, out: Path)
     for n, (fid, path) in enumerate(pairs):
         raw = read_frame(path, cfg.export_depth_format)
         depth = mirror_frame(raw, cx) if mirror else raw
-        center, how, pred = locate_and_predict(depth, tracker, predictor, K, cfg.export_write_meshes)
-        if mirror:
-            pred, center = unmirror(pred, center)
-        res.add(fid, path, how, K, pred, center)
+        center, located, how, pred = locate_and_predict(depth, tracker, predictor, K, cfg.export_write_meshes)
+        if mirror and pred is not None:
+            pred, center, located = unmirror(pred), mirror_xyz(center), mirror_xyz(located)
+        res.add(fid, path, how, K, pred, center, located)
         if n < cfg.save_overlays:
             overlay_dir.mkdir(parents=True, exist_ok=True)
-            c_uv = None if center is None else project_px(center[None], K)[0, :2]
+            c_uv = None if located is None else project_px(located[None], K)[0, :2]
             cv2.imwrite(str(overlay_dir / f"{fid:06d}.png"),
                         draw_overlay(raw, None if pred is None else res.uvd[-1][:, :2], c_uv))
     res.seconds = time.perf_counter() - t0
@@ -167,6 +172,7 @@ def write_sequence_outputs(seq: Sequence, res: SequenceResult, out: Path, cfg: C
     out.mkdir(parents=True, exist_ok=True)
     uvd, xyz = np.stack(res.uvd), np.stack(res.xyz)
     arrays = dict(frame_ids=np.array(res.frame_ids), uvd=uvd, xyz_mm=xyz, center_mm=np.stack(res.center),
+                  located_mm=np.stack(res.located),
                   found=np.array([h != "missing" for h in res.how]))
     if cfg.export_write_meshes:
         arrays["params"] = np.stack(res.params)
