@@ -201,10 +201,12 @@ def run(cfg: Config) -> dict:
     from render.camera import CROP_SIZE
     from render.hand_renderer import HandRenderer
     from stages import engine
+    run_ = engine.setup(cfg)
     if cfg.dataset == "simreal":
         from datasets.simreal import ensure_simreal
-        ensure_simreal(cfg)
-    run_ = engine.setup(cfg)
+        if run_.is_main:
+            ensure_simreal(cfg)
+        run_.barrier()
     dev, B = run_.device, cfg.gan_batch_size
     real = build_dataset(cfg, "train", labels=False)
     spe = len(real) // run_.world_size // B

@@ -1,0 +1,245 @@
+"""Proof experiment of the Consis-CycleGAN translator (issue 6) on the real-like NYU-format set.
+
+    python bench/bench_transfer.py                      # ~8 min of CPU training, then evaluation
+    python bench/bench_transfer.py --minutes 20 --ngf 64 --blocks 9 --ndf 64 --batch 4 device=cuda
+
+1. ensure the simreal set exists; calibrate the seconds per translator step; train a small translator
+   with `train_render.py phase=train train_stage=transfer` settings for the time budget;
+2. on held-out synthetic crops (their own seed, never seen in training) compare CLEAN and TRANSLATED
+   (G_A of latest.pt) crops with REAL crops (simreal test split; classifier training uses the train
+   split without augmentation):
+   * 1-D Wasserstein distances to real of per-pixel depth-gradient and Laplacian (sensor noise)
+     statistics on the foreground, and of per-crop foreground fraction and ragged-edge fraction;
+   * two-sample classifier tests (C2ST): a small CNN trained real vs X, tested on held-out real vs X
+     (balanced accuracy; 0.5 = indistinguishable), X = clean or translated; and the real-vs-clean
+     classifier applied to translated crops (fraction called real);
+   * foreground fidelity (spec 9.2 acceptance): mean |G_A(x) - x| over the hand mask (nu and mm) and
+     % of hand pixels turned into background (acceptance <= 0.03 nu, <= 5 %).
+Extra `key=value` arguments go to the training config.  Results: <out>/bench_transfer.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config import Config, make_config  # noqa: E402
+from losses.translation import foreground_fidelity  # noqa: E402
+from models.translator import load_translator, translate  # noqa: E402
+
+FG = 0.99
+
+
+# ---- realism statistics ----------------------------------------------------------------------------
+def pixel_stats(x: Tensor, fg: float = FG) -> dict[str, np.ndarray]:
+    """Per-pixel / per-crop statistics of crops x (N, 1, S, S): foreground depth gradient |dx|+|dy|
+    (pixel pairs both foreground), |Laplacian| on interior foreground pixels, per-crop foreground
+    fraction and per-crop fraction of foreground pixels touching background (ragged edges)."""
+    m = x < fg
+    dx, dy = (x[..., :, 1:] - x[..., :, :-1]).abs(), (x[..., 1:, :] - x[..., :-1, :]).abs()
+    mx, my = m[..., :, 1:] & m[..., :, :-1], m[..., 1:, :] & m[..., :-1, :]
+    grad = torch.cat([dx[mx], dy[my]])
+    inner = F.max_pool2d((~m).float(), 3, 1, 1) < 0.5            # foreground with all 8 neighbours fg
+    lap = (4 * x - F.pad(x, (1, 1, 1, 1), mode="replicate")[..., 1:-1, :-2]
+           - F.pad(x, (1, 1, 1, 1), mode="replicate")[..., 1:-1, 2:]
+           - F.pad(x, (1, 1, 1, 1), mode="replicate")[..., :-2, 1:-1]
+           - F.pad(x, (1, 1, 1, 1), mode="replicate")[..., 2:, 1:-1]).abs()[inner]
+    n_fg = m.flatten(1).sum(1).clamp(min=1)
+    edge = (m & ~inner).flatten(1).sum(1) / n_fg
+    return {"grad": grad.numpy(), "lap": lap.numpy(), "fg_frac": m.flatten(1).float().mean(1).numpy(),
+            "edge_frac": edge.numpy()}
+
+
+def wasserstein(a: np.ndarray, b: np.ndarray, n: int = 200_000, seed: int = 0) -> float:
+    """1-D Wasserstein-1 distance between two samples (subsampled to n values each)."""
+    from scipy.stats import wasserstein_distance
+    rng = np.random.default_rng(seed)
+    a = a if len(a) <= n else rng.choice(a, n, replace=False)
+    b = b if len(b) <= n else rng.choice(b, n, replace=False)
+    return float(wasserstein_distance(a, b))
+
+
+# ---- two-sample classifier test ---------------------------------------------------------------------
+def small_cnn() -> nn.Module:
+    """Domain classifier on 64x64 (2x average-pooled) crops -> one logit (real = 1)."""
+    return nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(1, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
+
+
+def train_classifier(real: Tensor, fake: Tensor, steps: int, seed: int) -> nn.Module:
+    """Balanced minibatches of real (label 1) vs fake (label 0) crops; Adam 1e-3, batch 64."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = small_cnn()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(steps):
+        ir, iff = torch.randint(len(real), (32,), generator=g), torch.randint(len(fake), (32,), generator=g)
+        x = torch.cat([real[ir], fake[iff]])
+        y = torch.cat([torch.ones(32), torch.zeros(32)])
+        loss = F.binary_cross_entropy_with_logits(net(x)[:, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def p_real(net: nn.Module, x: Tensor) -> Tensor:
+    """Fraction of crops x classified real (logit > 0) -> scalar tensor."""
+    return torch.cat([net(x[i:i + 256])[:, 0] > 0 for i in range(0, len(x), 256)]).float().mean()
+
+
+def c2st(real_tr: Tensor, fake_tr: Tensor, real_te: Tensor, fake_te: Tensor, steps: int, seed: int
+         ) -> tuple[float, nn.Module]:
+    """Balanced held-out accuracy of a real-vs-fake classifier (0.5 = the domains are indistinguishable)."""
+    net = train_classifier(real_tr, fake_tr, steps, seed)
+    return float(0.5 * (p_real(net, real_te) + 1.0 - p_real(net, fake_te))), net
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+def real_crops(cfg: Config, split: str, n: int) -> Tensor:
+    """Up to n un-augmented real crops (n, 1, S, S) of the split (labels never loaded)."""
+    import dataclasses
+
+    from datasets import build_dataset
+    ds = build_dataset(dataclasses.replace(cfg, augment=False), split, labels=False)
+    idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).round().long().unique()
+    return torch.stack([ds[int(i)]["depth"] for i in idx])
+
+
+def synthetic_crops(cfg: Config, n: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """n held-out clean synthetic crops (n, 1, S, S) and their cube_z (n,) mm, rendered as in training."""
+    from datasets.synthetic import SyntheticHands
+    from models.mano import build_hand_model
+    from render.camera import CROP_SIZE
+    from render.hand_renderer import HandRenderer
+    from stages.transfer import held_out_synthetic
+    hand = build_hand_model(cfg).to(device)
+    synth = SyntheticHands(cfg, hand, HandRenderer(hand, size=CROP_SIZE), cfg.gan_synth_rotation)
+    clean, cube_z = held_out_synthetic(synth, n, seed, device)
+    return clean.cpu(), cube_z.cpu()
+
+
+def seconds_per_step(cfg: Config, device: torch.device, reps: int = 3) -> float:
+    """Measured wall time of one translator iteration (synthetic render + real batch + GAN step)."""
+    from datasets.synthetic import SyntheticHands
+    from models.mano import build_hand_model
+    from render.camera import CROP_SIZE
+    from render.hand_renderer import HandRenderer
+    from stages.transfer import ConsisCycleGAN, cyclegan_losses, make_optimizer
+    hand = build_hand_model(cfg).to(device)
+    synth = SyntheticHands(cfg, hand, HandRenderer(hand, size=CROP_SIZE), cfg.gan_synth_rotation)
+    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf).to(device)
+    opt, _ = make_optimizer(model, cfg)
+    x_r = real_crops(cfg, "train", cfg.gan_batch_size).to(device)
+    g = torch.Generator(device).manual_seed(1)
+    times = []
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        x_s = synth.batch(cfg.gan_batch_size, g, device)["clean"]
+        loss = cyclegan_losses(model(x_s, x_r), x_s, x_r, cfg)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=8.0, help="training time budget")
+    ap.add_argument("--out", default="checkpoints/bench_transfer")
+    ap.add_argument("--ngf", type=int, default=8, help="generator width (spec: 64)")
+    ap.add_argument("--blocks", type=int, default=2, help="generator residual blocks (spec: 9)")
+    ap.add_argument("--ndf", type=int, default=16, help="discriminator width (spec: 64)")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (spec: 2e-4)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--n-eval", type=int, default=1000, help="held-out synthetic crops")
+    ap.add_argument("--clf-steps", type=int, default=300)
+    ap.add_argument("--skip-train", action="store_true", help="evaluate an existing <out>/latest.pt")
+    args, extra = ap.parse_known_args(argv)
+    out = Path(args.out)
+    base = ["dataset=simreal", "phase=train", "train_stage=transfer", f"out_dir={out}", "num_workers=0",
+            "device=cpu", f"gan_ngf={args.ngf}", f"gan_blocks={args.blocks}", f"gan_ndf={args.ndf}",
+            f"gan_batch_size={args.batch}", f"gan_lr={args.lr}", "val_size=128", "image_log_interval=100", "log_interval=10"]
+    cfg = make_config(base + extra)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    from datasets.simreal import ensure_simreal
+    from stages.engine import select_device
+    ensure_simreal(cfg)
+    device = select_device(cfg.device)
+    report: dict = {"command": "python bench/bench_transfer.py " + " ".join(argv), "train": {}}
+    if not args.skip_train:
+        sps = seconds_per_step(cfg, device)
+        steps = max(1, int(args.minutes * 60 / sps))
+        from datasets import build_dataset
+        spe = len(build_dataset(cfg, "train", labels=False)) // args.batch
+        epochs = max(2, math.ceil(steps / spe))
+        cfg = make_config(base + extra + [f"max_steps={steps}", f"gan_epochs_constant={epochs // 2}",
+                                          f"gan_epochs_decay={epochs - epochs // 2}"])
+        print(f"bench: {sps:.2f} s/step -> {steps} steps ({epochs} epochs of {spe}) for {args.minutes} min", flush=True)
+        t0 = time.time()
+        from stages.transfer import run
+        res = run(cfg)
+        report["train"] = {"seconds_per_step": sps, "steps": steps, "train_seconds": round(time.time() - t0, 1),
+                           "last_losses": res["last_losses"], "val": res["val"]}
+    G = load_translator(out / "latest.pt", device)
+    clean, cube_z = synthetic_crops(cfg, args.n_eval, cfg.seed + 7_777_777, device)
+    raw = torch.cat([translate(G, clean[i:i + 64].to(device)).cpu() for i in range(0, len(clean), 64)])
+    snapped = torch.where(raw >= FG, torch.ones_like(raw), raw)
+    real_tr, real_te = real_crops(cfg, "train", 1000), real_crops(cfg, "test", 1000)
+    half = len(clean) // 2
+    sets = {"clean": clean, "translated": snapped}
+    stats = {k: pixel_stats(v) for k, v in {"real": real_te, **sets}.items()}
+    rows = {}
+    for name, x in sets.items():
+        acc, net = c2st(real_tr, x[:half], real_te, x[half:], args.clf_steps, seed=1)
+        rows[name] = {f"W1_{k}": wasserstein(stats[name][k], stats["real"][k]) for k in stats["real"]}
+        rows[name]["c2st_acc"] = acc
+        if name == "clean":
+            rows["translated_by_clean_clf"] = float(p_real(net, snapped[half:]))
+            rows["clean_by_clean_clf"] = float(p_real(net, clean[half:]))
+    fid_raw = foreground_fidelity(raw, clean, FG, 0.5 * cube_z)
+    fid_snap = foreground_fidelity(snapped, clean, FG, 0.5 * cube_z)
+    report.update(realism=rows, fidelity_raw=fid_raw, fidelity_snapped=fid_snap,
+                  range=[float(raw.min()), float(raw.max())], n_eval=len(clean), n_real=[len(real_tr), len(real_te)])
+    print_table(report)
+    (out / "bench_transfer.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def print_table(r: dict) -> None:
+    re = r["realism"]
+    print("\n| distance to REAL (lower = more real-like) | clean | translated |\n|---|---|---|")
+    for k in re["clean"]:
+        print(f"| {k} | {re['clean'][k]:.4g} | {re['translated'][k]:.4g} |")
+    print(f"| real-vs-clean classifier: fraction called real | {re['clean_by_clean_clf']:.3f} | "
+          f"{re['translated_by_clean_clf']:.3f} |")
+    f, s = r["fidelity_raw"], r["fidelity_snapped"]
+    print(f"\nforeground fidelity on {r['n_eval']} held-out synthetic crops (acceptance: <= 0.03 nu, <= 5 %):")
+    print(f"  raw:     mean |G_A(x)-x| on hand {f['fg_abs_nu']:.4f} nu = {f['fg_abs_mm']:.2f} mm, "
+          f"hand pixels -> background {100 * f['fg_lost_frac']:.2f} %")
+    print(f"  snapped: mean |G_A(x)-x| on hand {s['fg_abs_nu']:.4f} nu = {s['fg_abs_mm']:.2f} mm, "
+          f"hand pixels -> background {100 * s['fg_lost_frac']:.2f} %")
+    print(f"  output range [{r['range'][0]:.3f}, {r['range'][1]:.3f}]")
+    print(f"\ncommand: {r['command']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
