@@ -12,7 +12,10 @@ error, mm, test split, final-epoch models):
 and the share of the gap (1) -> (4) that (3) closes, (e1 - e3) / (e1 - e4), per branch (S2-PWE,
 S2-MPE); plus (3) with each loss family removed: model fitting (render, data->mesh, part data->mesh),
 inter-branch (pixel->model, model->pixel), distillation (stage 2 -> stage 1).
-Extra `key=value` arguments go to every run (e.g. device=cuda).  Results: <out>/results.json and
+Extra `key=value` arguments go to every run (e.g. device=cuda).  Cost (measured on 2 shared CPU
+cores, net=tiny, batch 16): a fine-tuning step's real-batch losses take ~30 CPU-s with 2048 points
+and ~12 CPU-s with 512 (point-to-mesh search dominates), so the CPU default is --ft-points 512 and
+150 fine-tuning steps; on a GPU use --ft-points 2048 and a larger --scale.  Results: <out>/results.json and
 <out>/results.md.
 """
 from __future__ import annotations
@@ -70,7 +73,8 @@ def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
                                          f"gan_ndf={args.gan_ngf}"], log)
     tn_args = [f"transfer_net={tn}"]
     pre_tn = train("pre_tn", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)] + tn_args, log)
-    ft_args = ["train_stage=finetune", steps(args.finetune_steps, s), f"load_model={pre_tn}"] + tn_args
+    ft_args = ["train_stage=finetune", steps(args.finetune_steps, s), f"load_model={pre_tn}",
+               f"num_points={args.ft_points}"] + tn_args
     runs = {"pre": pre, "pre_tn": pre_tn, "ft": train("ft", out, common, ft_args, log),
             "sup": train("sup", out, common, ["train_stage=supervised", steps(args.pretrain_steps, s)], log)}
     if not args.no_ablations:
@@ -113,7 +117,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every step budget")
     p.add_argument("--pretrain-steps", type=int, default=600)
     p.add_argument("--transfer-steps", type=int, default=300)
-    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--finetune-steps", type=int, default=150)
+    p.add_argument("--ft-points", type=int, default=512,
+                   help="points per crop for the point-to-mesh terms (spec: 2048; 512 keeps CPU runs affordable)")
     p.add_argument("--gan-ngf", type=int, default=16)
     p.add_argument("--gan-blocks", type=int, default=3)
     p.add_argument("--no-ablations", action="store_true")
