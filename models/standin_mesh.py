@@ -176,10 +176,14 @@ def _palm_rows(d: dict) -> tuple[np.ndarray, np.ndarray]:
     return wrist, rows
 
 
+def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+
 def _frame(direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cross-section axes (across, dorsal) of a tube running along `direction`."""
     e1 = _unit(np.array([1.0, 0, 0]) - direction[0] * direction)
-    return e1, np.cross(e1, direction)
+    return e1, _cross3(e1, direction)
 
 
 def _ring_phase(base: np.ndarray, centre: np.ndarray, direction: np.ndarray) -> tuple[float, float]:
