@@ -39,6 +39,7 @@ import contextlib
 import math
 import os
 import random
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +145,9 @@ def setup(cfg: Config) -> Run:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save_yaml(out_dir / "config.yaml")
         print(f"resolved config (saved to {out_dir / 'config.yaml'}):")
-        print("  " + "  ".join(f"{k}={v}" for k, v in cfg.to_dict().items()), flush=True)
+        text = "  ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+        print(textwrap.fill(text, width=110, initial_indent="  ", subsequent_indent="  ",
+                            break_on_hyphens=False), flush=True)
         print(f"device: {device}, processes: {world}", flush=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out_dir / "tb"))
@@ -381,6 +384,10 @@ def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, schedule
             run.log_scalars(done, {k: v.detach() for k, v in losses.items()}, "train")
             run.log_scalars(done, {"lr": optimizer.param_groups[0]["lr"]}, "train")
             bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", epoch=step // steps_per_epoch)
+            if not cfg.progress:   # plain log lines instead of the bar
+                per = (time.time() - t0) / (done - start)
+                print(f"step {done}/{total_steps} loss {float(losses['loss'].detach()):.4f} "
+                      f"({per:.2f} s/step, ETA {per * (total_steps - done) / 60:.1f} min)", flush=True)
         if run.is_main and image_fn is not None and cfg.image_log_interval > 0 and done % cfg.image_log_interval == 0:
             for tag, img in image_fn(step).items():
                 run.writer.add_image(tag, img, done)

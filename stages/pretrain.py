@@ -114,13 +114,18 @@ def make_optimizer(model, cfg: Config):
     return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
 
 
+def keep_for_images(last: dict, outs: list, net_in: Tensor, ref: Tensor) -> None:
+    """Remember (detached) what the image log of this step shows."""
+    r = outs[0].render
+    last.update(net_in=net_in.detach(), ref=ref.detach(), maps=outs[-1].maps.detach(),
+                rendered=r.depth.detach() if r is not None else None)
+
+
 def image_fn_for(last: dict, cfg: Config):
+    """Input crop with the last stage's decoded PWE joints | stage-1 rendering (stage 2 input)."""
     def image_fn(step: int) -> dict[str, Tensor]:
-        outs = last["outs"]
-        r = outs[0].render
-        joints = decode_joints(outs[-1].maps.detach(), last["ref"], cfg)
-        return {f"{cfg.train_stage}/input_render_joints":
-                engine.image_grid(last["net_in"], r.depth if r is not None else None, joints)}
+        joints = decode_joints(last["maps"], last["ref"], cfg)
+        return {f"{cfg.train_stage}/input_joints_render": engine.image_grid(last["net_in"], last["rendered"], joints)}
     return image_fn
 
 
@@ -158,7 +163,7 @@ def run_pretrain(cfg: Config) -> dict:
         with r.autocast():
             outs = model(net_in, s["center"], s["cube"], camera.crop_intrinsics(s["K"], s["M"]))
         terms = pretrain_losses(outs, s, s["clean"], hand_model, cfg)
-        last.update(outs=outs, net_in=net_in, ref=s["clean"])
+        keep_for_images(last, outs, net_in, s["clean"])
         return {"loss": sum(terms.values()), **terms}
 
     validate_fn = (lambda step: validate(engine.unwrap(model), val_set, hand_model, cfg, r)) if val_set else None
@@ -208,7 +213,7 @@ def run_supervised(cfg: Config) -> dict:
         with r.autocast():
             outs = model(x["net_in"], x["center"], x["cube"], x["K_crop"])
         terms = pretrain_losses(outs, x, x["ref"], hand_model, cfg, joint_ids=tuple(net_ids))
-        last.update(outs=outs, net_in=x["net_in"], ref=x["ref"])
+        keep_for_images(last, outs, x["net_in"], x["ref"])
         return {"loss": sum(terms.values()), **terms}
 
     validate_fn = None
