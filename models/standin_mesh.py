@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from datasets.joints import BONE_CHILD
-
 RING = 32                 # palm ring: dorsal columns 0..15 at ring positions 0..15, palmar 31..16
 WRIST = 16
 PALM_ROWS = 9
@@ -41,11 +39,9 @@ FINGER_STATIONS = (("seg", 0, 0.25, 1.0), ("seg", 0, 0.5, 0.97), ("seg", 0, 0.75
 THUMB_STATIONS = (("seg", 0, 0.33, 1.1), ("seg", 0, 0.67, 1.03), ("joint", 1, 0.0, 1.0),
                   ("seg", 1, 0.5, 0.93), ("joint", 2, 0.0, 0.9), ("dist", 2, 0.5, 0.86),
                   ("cap", 2, 90.0, 0.84), ("cap", 2, 60.0, 0.84), ("cap", 2, 30.0, 0.84))
-SKIN_SIGMA_MM = 6.0
 # MANO's template axes: fingers along -x, back of the hand +y, thumb side +z (build x -> -z,
 # build y -> -x, build z -> +y); a proper rotation, so handedness is kept.
 BUILD_TO_MANO = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])
-SKIN_SMOOTHING_STEPS = 8
 
 
 @dataclass
@@ -377,53 +373,3 @@ def finalize_mesh(layout: Layout, v_construction: np.ndarray, n_target: int, tip
     lab = np.empty(n_target, dtype=np.int64)
     lab[new_of_old] = labels
     return FinalMesh(keep, remap, splits, new_of_old, new_of_old[faces], lab)
-
-
-def vertex_normals(v: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (V, 3) of an outward-oriented mesh."""
-    n = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
-    out = np.zeros_like(v)
-    for i in range(3):
-        np.add.at(out, faces[:, i], n)
-    return _unit(out)
-
-
-def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ab = b - a
-    t = np.clip((p - a) @ ab / (ab @ ab), 0.0, 1.0)
-    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
-
-
-def skinning_weights(v_mm: np.ndarray, faces: np.ndarray, labels: np.ndarray, joints_mm: np.ndarray,
-                     tips_mm: np.ndarray, sigma: float = SKIN_SIGMA_MM,
-                     steps: int = SKIN_SMOOTHING_STEPS) -> np.ndarray:
-    """Smooth skinning weights (V, 16), rows summing to 1.
-
-    w_vk ∝ exp(-(d_vk / sigma)^2) with d_vk the distance to bone k (joint k to its child; the root
-    bone is the union of wrist -> MCP/CMC segments), over the bones a vertex may follow: palm
-    vertices the root, MCPs and the thumb CMC; a finger's vertices the root and its own chain.
-    Then `steps` rounds of averaging with the mesh neighbours, on palm vertices only,
-    soften the seam at the thumb base where the distances to two bones change quickly; weights
-    below 1e-3 are dropped.
-    """
-    pts = np.concatenate([joints_mm, tips_mm])
-    dist = np.zeros((len(v_mm), 16))
-    dist[:, 0] = np.min([_segment_distance(v_mm, pts[0], pts[j]) for j in (1, 4, 7, 10, 13)], axis=0)
-    for k in range(1, 16):
-        dist[:, k] = _segment_distance(v_mm, pts[k], pts[BONE_CHILD[k - 1]])
-    allowed = np.zeros((6, 16), dtype=bool)
-    allowed[0, [0, 1, 4, 7, 10, 13]] = True
-    for c in range(5):
-        allowed[c + 1, [0, 1 + 3 * c, 2 + 3 * c, 3 + 3 * c]] = True
-    logit = np.where(allowed[labels], -(dist / sigma) ** 2, -np.inf)
-    w = np.exp(logit - logit.max(axis=1, keepdims=True))
-    w /= w.sum(axis=1, keepdims=True)
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    adj = np.zeros((len(v_mm), len(v_mm)))
-    adj[edges[:, 0], edges[:, 1]] = adj[edges[:, 1], edges[:, 0]] = 1.0
-    adj /= adj.sum(axis=1, keepdims=True)
-    soft = labels == 0                          # the palm; tubes keep crisp bones
-    for _ in range(steps):
-        w[soft] = 0.5 * w[soft] + 0.5 * (adj @ w)[soft]
-    w[w < 1e-3] = 0.0
-    return w / w.sum(axis=1, keepdims=True)
