@@ -193,6 +193,10 @@ class SyntheticDraws:
     def to(self, device) -> "SyntheticDraws":
         return SyntheticDraws(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
+    def select(self, rows) -> "SyntheticDraws":
+        """The draws of the given sample rows (index, slice or LongTensor)."""
+        return SyntheticDraws(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
     @staticmethod
     def cat(parts: list["SyntheticDraws"]) -> "SyntheticDraws":
         return SyntheticDraws(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(SyntheticDraws)})
@@ -315,24 +319,38 @@ def sample_seed(seed: int, index: int) -> int:
 class SyntheticDataset(torch.utils.data.Dataset):
     """Map-style wrapper yielding single CPU samples; sample i depends only on (seed, i).
 
-    The hand model and renderer are built lazily in each process (DataLoader workers included);
-    `__getitems__` renders a whole DataLoader batch in one vectorized call.  Occluder joints are
-    drawn per sample here whatever `synth_occlusion_per_sample` says.
+    Random draws come in blocks of `BLOCK` consecutive indices, block k drawn in one batched call
+    from a generator seeded by (seed, k) (a few recent blocks are cached), so any index order,
+    batch size or worker split gives the same sample i.  The hand model and renderer are built
+    lazily in each process (DataLoader workers included); `__getitems__` renders a whole DataLoader
+    batch in one vectorized call.  With synth_occlusion_per_sample=False the occluded joints are
+    shared per block.
     """
+    BLOCK = 32
+    CACHED_BLOCKS = 4
 
     def __init__(self, cfg: Config, seed: int, length: int, rotation: str):
         if rotation not in VIEW_ROTATIONS:
             raise ValueError(f"unknown view rotation '{rotation}'; valid: {', '.join(VIEW_ROTATIONS)}")
         self.cfg, self.seed, self.length, self.rotation = cfg, int(seed), int(length), rotation
         self._hands: SyntheticHands | None = None
+        self._blocks: dict[int, SyntheticDraws] = {}
 
     def __len__(self) -> int:
         return self.length
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_hands"] = None
+        state["_hands"], state["_blocks"] = None, {}
         return state
+
+    def _block(self, k: int) -> SyntheticDraws:
+        if k not in self._blocks:
+            if len(self._blocks) >= self.CACHED_BLOCKS:
+                self._blocks.pop(next(iter(self._blocks)))
+            g = torch.Generator().manual_seed(sample_seed(self.seed, k))
+            self._blocks[k] = self.hands().draw(self.BLOCK, g)
+        return self._blocks[k]
 
     def hands(self) -> SyntheticHands:
         if self._hands is None:
@@ -347,7 +365,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         for i in indices:
             if not 0 <= i < self.length:
                 raise IndexError(f"synthetic sample {i} out of range 0..{self.length - 1}")
-        draws = SyntheticDraws.cat([hands.draw(1, torch.Generator().manual_seed(sample_seed(self.seed, i)))
+        draws = SyntheticDraws.cat([self._block(i // self.BLOCK).select(slice(i % self.BLOCK, i % self.BLOCK + 1))
                                     for i in indices])
         with torch.no_grad():
             out = hands.build(draws, "cpu")

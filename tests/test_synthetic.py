@@ -283,6 +283,11 @@ def test_dataset_wrapper_reproducible_and_workers(hand_model):
     assert torch.allclose(batches[1]["verts_xyz"][0], a["verts_xyz"], atol=1e-5)
     with pytest.raises(IndexError):
         ds[4]
+    # the same sample whatever the order and the other indices of the request
+    fresh = SyntheticDataset(cfg, seed=3, length=40, rotation="so3")
+    late = fresh.__getitems__([35, 2])
+    assert torch.equal(late[1]["params"], a["params"])
+    assert not torch.equal(late[0]["params"], a["params"])
 
 
 def test_dense_map_round_trip_on_clean_crops(batch_none):
