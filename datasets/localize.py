@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from config import Config
 
@@ -96,10 +95,8 @@ def _components_nearest_first(depth_mm: np.ndarray, band: np.ndarray, min_pixels
     """Labels of the band's 8-connected components and the ids of those large enough, nearest first."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(band.astype(np.uint8), connectivity=8)
     ids = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_pixels]
-    if not ids:
-        return labels, []
-    nearest = ndimage.minimum(depth_mm, labels, ids)
-    return labels, [i for _, i in sorted(zip(np.atleast_1d(nearest), ids))]
+    nearest = [float(depth_mm[labels == i].min()) for i in ids]
+    return labels, [i for _, i in sorted(zip(nearest, ids))]
 
 
 def metric_area_mm2(points: np.ndarray, K: Intrinsics) -> float:
@@ -127,18 +124,23 @@ def locate_in_mask(depth_mm: np.ndarray, K: Intrinsics, s: LocalizerSettings, va
     """Nearest hand-sized region among the `valid` pixels -> its centre (3,) mm, or None."""
     if int(valid.sum()) < s.min_pixels:
         return None
-    depths = depth_mm[valid]
+    rows_any, cols_any = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+    r0, c0 = int(rows_any[0]), int(cols_any[0])
+    box = (slice(r0, int(rows_any[-1]) + 1), slice(c0, int(cols_any[-1]) + 1))  # work on the bounding box
+    depth, valid = depth_mm[box], valid[box]
+    depths = depth[valid]
     floor = -np.inf
     for _ in range(MAX_BANDS):
         remaining = depths[depths > floor]
         if remaining.size < s.min_pixels:
             return None
         z0 = float(remaining.min())
-        band = valid & (depth_mm >= z0) & (depth_mm <= z0 + s.band_mm)
-        labels, ids = _components_nearest_first(depth_mm, band, s.min_pixels)
+        band = valid & (depth >= z0) & (depth <= z0 + s.band_mm)
+        labels, ids = _components_nearest_first(depth, band, s.min_pixels)
         for i in ids:
             rows, cols = np.nonzero(labels == i)
-            center = hand_center_of_region(backproject_pixels(depth_mm, rows, cols, K), K, s)
+            points = backproject_pixels(depth_mm, rows + r0, cols + c0, K)
+            center = hand_center_of_region(points, K, s)
             if center is not None:
                 return center
         floor = z0 + s.band_mm
