@@ -40,19 +40,23 @@ def stage_mesh(out, hand_model) -> tuple[Tensor, Tensor]:
         return hand_model.network_space(out.params.float())
 
 
-def pwe_terms(maps: Tensor, ref_depth: Tensor, joints_uvd: Tensor, joint_ids: tuple[int, ...],
-              cfg: Config) -> dict[str, Tensor]:
-    """Dense-map and decoded-joint terms; maps (B, 84, F, F), joints_uvd (B, len(joint_ids), 3)."""
-    maps = maps.float()
+def target_maps(ref_depth: Tensor, joints_uvd: Tensor, joint_ids: tuple[int, ...], cfg: Config) -> Tensor:
+    """Dense-map targets (B, 84, F, F) of the labelled joints (B, len(joint_ids), 3); channels of
+    joints without a target hold a copy of the first labelled joint and are never compared."""
     ids = list(joint_ids)
-    if len(ids) == NUM_JOINTS and ids == list(ALL_JOINTS):
-        full = joints_uvd
-    else:   # joints without a target get a copy of a labelled one; their channels are not compared
+    full = joints_uvd
+    if ids != list(ALL_JOINTS):
         full = joints_uvd[:, :1].expand(-1, NUM_JOINTS, 3).clone()
         full[:, ids] = joints_uvd
-    target = encode_joints(full, ref_depth, cfg)
+    return encode_joints(full, ref_depth, cfg)
+
+
+def pwe_terms(maps: Tensor, target: Tensor, ref_depth: Tensor, joints_uvd: Tensor, joint_ids: tuple[int, ...],
+              cfg: Config) -> dict[str, Tensor]:
+    """Dense-map and decoded-joint terms; maps, target (B, 84, F, F), joints_uvd (B, len(joint_ids), 3)."""
+    maps = maps.float()
     ch = map_channels(joint_ids)
-    pred_uvd = decode_joints(maps, ref_depth, cfg)[:, ids]
+    pred_uvd = decode_joints(maps, ref_depth, cfg)[:, list(joint_ids)]
     return {"maps": cfg.w_maps * huber(maps[:, ch], target[:, ch], cfg.huber_delta_nu),
             "pwe_joints": cfg.w_pwe_joints * huber(pred_uvd, joints_uvd, cfg.huber_delta_nu)}
 
@@ -73,8 +77,9 @@ def pretrain_losses(outs: list, targets: dict[str, Tensor], ref_depth: Tensor, h
     """
     d, ids = cfg.huber_delta_nu, list(joint_ids)
     terms = {}
+    target = target_maps(ref_depth, targets["joints_uvd"], joint_ids, cfg)      # once for all stages
     for s, out in enumerate(outs, start=1):
-        t = pwe_terms(out.maps, ref_depth, targets["joints_uvd"], joint_ids, cfg)
+        t = pwe_terms(out.maps, target, ref_depth, targets["joints_uvd"], joint_ids, cfg)
         verts, joints = stage_mesh(out, hand_model)
         t["mpe_joints"] = cfg.w_mpe_joints * huber(joints[:, ids], targets["joints_xyz"], d)
         if targets.get("verts_xyz") is not None:

@@ -40,15 +40,14 @@ def encode(joints_uvd: Tensor, ref_depth: Tensor, map_size: int, kappa: float,
            fg_threshold: float = 0.99) -> Tensor:
     """Joints (B, J, 3) normalized uvd + reference crop (B, 1, S, S) -> maps (B, 4J, F, F)."""
     B, J, _ = joints_uvd.shape
-    cells, fg = reference_cells(ref_depth, map_size, fg_threshold)            # (B,N,3), (B,N)
-    delta = joints_uvd[:, :, None, :] - cells[:, None, :, :]                   # (B,J,N,3)
-    rho = torch.sqrt((delta * delta).sum(-1) + RHO_EPS)                        # (B,J,N)
+    cells, fg = reference_cells(ref_depth, map_size, fg_threshold)             # (B,N,3), (B,N)
+    delta = joints_uvd[:, :, :, None] - cells.transpose(1, 2)[:, None]          # (B,J,3,N): channel 3k+a
+    rho = torch.sqrt(delta.square().sum(dim=2) + RHO_EPS)                       # (B,J,N)
     heat = (kappa - rho) / kappa
     valid = (heat >= 0).to(heat.dtype) * fg[:, None, :]
-    offset = valid[..., None] * delta / rho[..., None]                         # (B,J,N,3)
-    offset = offset.permute(0, 1, 3, 2).reshape(B, 3 * J, map_size, map_size)  # channel 3k + a
-    heat = (valid * heat).reshape(B, J, map_size, map_size)                    # channel 3J + k
-    return torch.cat([offset, heat], dim=1)
+    offset = delta * (valid / rho)[:, :, None]                                  # (B,J,3,N)
+    heat = valid * heat                                                         # channel 3J + k
+    return torch.cat([offset.reshape(B, 3 * J, map_size, map_size), heat.reshape(B, J, map_size, map_size)], dim=1)
 
 
 def decode(maps: Tensor, ref_depth: Tensor, kappa: float, temperature: float,
@@ -60,10 +59,10 @@ def decode(maps: Tensor, ref_depth: Tensor, kappa: float, temperature: float,
     """
     B, C, F, _ = maps.shape
     J = C // 4
-    cells, fg = reference_cells(ref_depth, F, fg_threshold)                    # (B,N,3), (B,N)
-    offset = maps[:, :3 * J].reshape(B, J, 3, F * F).permute(0, 1, 3, 2)      # (B,J,N,3)
-    heat = maps[:, 3 * J:].reshape(B, J, F * F) * fg[:, None, :]               # h~ (B,J,N)
-    offset = offset * fg[:, None, :, None]                                     # o~
-    weight = torch.softmax(temperature * heat, dim=-1)                         # (B,J,N)
-    votes = cells[:, None] + offset * (kappa * (1.0 - heat))[..., None]        # (B,J,N,3)
-    return (weight[..., None] * votes).sum(dim=2)
+    cells, fg = reference_cells(ref_depth, F, fg_threshold)                     # (B,N,3), (B,N)
+    offset = maps[:, :3 * J].reshape(B, J, 3, F * F)                            # (B,J,3,N)
+    heat = maps[:, 3 * J:].reshape(B, J, F * F) * fg[:, None, :]                # h~ (B,J,N)
+    weight = torch.softmax(temperature * heat, dim=-1)                          # (B,J,N)
+    # sum_n w (p + o~ kappa (1 - h~)) with o~ = o * m, without materialising (B,J,N,3)
+    pull = weight * (kappa * (1.0 - heat)) * fg[:, None, :]                     # (B,J,N)
+    return torch.einsum("bjn,bna->bja", weight, cells) + torch.einsum("bjan,bjn->bja", offset, pull)
