@@ -140,7 +140,7 @@ def seconds_per_step(cfg: Config, device: torch.device, reps: int = 3) -> float:
     from stages.transfer import ConsisCycleGAN, cyclegan_losses, make_optimizer
     hand = build_hand_model(cfg).to(device)
     synth = SyntheticHands(cfg, hand, HandRenderer(hand, size=CROP_SIZE), cfg.gan_synth_rotation)
-    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf).to(device)
+    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual).to(device)
     opt, _ = make_optimizer(model, cfg)
     x_r = real_crops(cfg, "train", cfg.gan_batch_size).to(device)
     g = torch.Generator(device).manual_seed(1)

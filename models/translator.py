@@ -41,13 +41,15 @@ class ResnetBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """ResNet generator of spec 9.1: (B, 1, S, S) in [-1, 1] -> (B, 1, S, S) in [-1, 1].
 
-    ngf=64, n_blocks=9 is the original; S must be divisible by 4.  Smaller `ngf` / `n_blocks`
-    give the CPU-trainable variant with the same structure.
+    ngf=64, n_blocks=9, residual=False is the original; S must be divisible by 4.  Smaller `ngf` /
+    `n_blocks` give the CPU-trainable variant with the same structure.  residual=True (design option,
+    not the original) drops the tanh and returns clamp(x + net(x), -1, 1): near identity at init.
     """
 
-    def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9):
+    def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9, residual: bool = False):
         super().__init__()
-        self.arch = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks}
+        self.residual = residual
+        self.arch = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks, "residual": residual}
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), _norm(ngf), nn.ReLU(True)]
         ch = ngf
         for _ in range(2):  # two stride-2 down-samplings
@@ -58,11 +60,13 @@ class ResnetGenerator(nn.Module):
             layers += [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
                        _norm(ch // 2), nn.ReLU(True)]
             ch //= 2
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7)] + ([] if residual else [nn.Tanh()])
         self.model = nn.Sequential(*layers)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.residual:
+            return (x + self.model(x)).clamp(-1.0, 1.0)
         return self.model(x)
 
 
@@ -115,7 +119,8 @@ def generator_from_checkpoint(ckpt: dict, name: str = "G_A") -> ResnetGenerator:
         raise KeyError(f"no '{prefix}*' weights in the checkpoint: not a train_stage=transfer checkpoint")
     if "gan_ngf" not in cfg or "gan_blocks" not in cfg:
         raise KeyError("the checkpoint's config lacks gan_ngf / gan_blocks")
-    G = ResnetGenerator(ngf=int(cfg["gan_ngf"]), n_blocks=int(cfg["gan_blocks"]))
+    G = ResnetGenerator(ngf=int(cfg["gan_ngf"]), n_blocks=int(cfg["gan_blocks"]),
+                        residual=bool(cfg.get("gan_residual", False)))
     G.load_state_dict({k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)})
     return G
 

@@ -36,9 +36,10 @@ class ConsisCycleGAN(nn.Module):
     Its state_dict (keys 'G_A.*', 'G_B.*', 'D_A.*', 'D_B.*') is the engine checkpoint's 'model'.
     """
 
-    def __init__(self, ngf: int, n_blocks: int, ndf: int):
+    def __init__(self, ngf: int, n_blocks: int, ndf: int, residual: bool = False):
         super().__init__()
-        self.G_A, self.G_B = ResnetGenerator(ngf=ngf, n_blocks=n_blocks), ResnetGenerator(ngf=ngf, n_blocks=n_blocks)
+        self.G_A = ResnetGenerator(ngf=ngf, n_blocks=n_blocks, residual=residual)
+        self.G_B = ResnetGenerator(ngf=ngf, n_blocks=n_blocks, residual=residual)
         self.D_A, self.D_B = PatchDiscriminator(ndf=ndf), PatchDiscriminator(ndf=ndf)
 
     @staticmethod
@@ -218,7 +219,7 @@ def run(cfg: Config) -> dict:
     renderer = HandRenderer(hand_model, size=CROP_SIZE)
     renderer = renderer.to(dev) if isinstance(renderer, nn.Module) else renderer
     synth = SyntheticHands(cfg, hand_model, renderer, cfg.gan_synth_rotation)
-    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf).to(dev)
+    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual).to(dev)
     net = engine.wrap_model(model, run_)
     opt, sched = make_optimizer(model, cfg)
     gen, pool_gen = torch.Generator(dev).manual_seed(run_.seed), torch.Generator().manual_seed(run_.seed + 1)
@@ -228,7 +229,7 @@ def run(cfg: Config) -> dict:
     stream, last = RealStream(real, run_, B, spe), {}
     run_.print(f"transfer: A = synthetic clean crops (rotation {cfg.gan_synth_rotation}, occlusion "
                f"{cfg.synth_occlusion}), B = {len(real)} real '{cfg.dataset}' training crops; G ngf={cfg.gan_ngf} "
-               f"blocks={cfg.gan_blocks}, D ndf={cfg.gan_ndf}; batch {B}, {spe} steps/epoch, {total} steps; "
+               f"blocks={cfg.gan_blocks}{' residual' if cfg.gan_residual else ''}, D ndf={cfg.gan_ndf}; batch {B}, {spe} steps/epoch, {total} steps; "
                f"pose consistency {'on' if pose_for else 'off'}")
 
     def step_fn(step: int) -> dict[str, Tensor]:
