@@ -3,20 +3,22 @@
 Detection: the hand is taken to be the nearest connected depth region of hand size.  Valid pixels
 (between `localize_min_depth_mm` and `localize_max_depth_mm`) within `localize_band_mm` behind the
 nearest valid depth form a band; its 8-connected components are tried from the nearest.  A component
-is a hand candidate when it has at least `localize_min_pixels` pixels and its near part (points
-within half a cube depth of its nearest point) covers at most half of a `localize_max_extent_mm`
-square (6.1 dm^2 at 350 mm; a hand with its forearm covers 0.6-2.5 dm^2): a wall, a floor or a body
-facing the camera covers more and is rejected, and so is a region whose front 50 mm is wider than
-`localize_max_extent_mm` (a floor or a slanted wall), so a frame without a hand is
-reported missing.  When every component of a band is rejected the next band behind it is tried.
+is a hand candidate when it has at least `localize_min_pixels` pixels and
+* its near part (points within half a cube depth of its nearest point) covers at most half of a
+  `localize_max_extent_mm` square (6.1 dm^2 at 350 mm; a hand with its forearm covers 0.6-2.2 dm^2,
+  a wall or a torso facing the camera far more), and
+* its front `SEED_DEPTH_MM` is no wider than `localize_max_extent_mm` (a floor or a slanted wall is a
+  strip across the frame).
+When every component of a band is rejected the band behind it is tried; a frame without a candidate
+is reported missing.
 
 Centre: mean shift with a spherical window of radius `HAND_RADIUS_FRACTION` x the cube's smallest
-edge over the candidate's own points (not the whole frame, so body and wall never pull it), seeded
-at the mean of its front `SEED_DEPTH_MM`, at most `localize_iterations` steps.  It stays on the hand end of an
-attached forearm.  The result is a centre of the visible surface: it lies in front of the joints
-(about 10 mm, the half thickness of the hand) and toward the palm and wrist of the 21-joint mean
-(which is dominated by the 15 finger joints and 5 tips) by a few centimetres; the exporter
-re-centres detected frames on a first prediction, and tracking carries that offset (below).
+edge over the candidate's own points (never the body or wall), seeded at the mean of its front
+`SEED_DEPTH_MM`, at most `localize_iterations` steps; it stays on the hand end of an attached
+forearm.  The result is a centre of the visible surface: about 10 mm in front of the joints (half
+the hand's thickness) and a few centimetres toward the palm and wrist from the 21-joint mean (which
+the 15 finger joints and 5 tips dominate).  The exporter re-centres detected frames on a first
+prediction, and tracking carries that offset (below).
 
 Tracking: in a sequence the previous frame's predicted hand centre defines a search window (the crop
 cube enlarged by `TRACK_WINDOW_SCALE`); detection runs on the points inside it only, so a nearer
