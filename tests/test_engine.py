@@ -44,7 +44,7 @@ def _train(cfg, total, validate=True, step_fn_wrap=None):
     run = engine.setup(cfg)
     model, opt, sched, gen, step_fn, record = _problem(run)
     fn = step_fn if step_fn_wrap is None else step_fn_wrap(step_fn)
-    val = (lambda step: {"err": float(sum(p.abs().sum() for p in model.parameters()))}) if validate else None
+    val = (lambda step: {"err": float(sum(p.detach().abs().sum() for p in model.parameters()))}) if validate else None
     imgs = lambda step: {"grid": engine.image_grid(torch.ones(2, 1, 16, 16), None, None)}  # noqa: E731
     out = engine.train(run, model, opt, sched, fn, total, steps_per_epoch=3, validate_fn=val,
                        best_key="err", generators=[gen], image_fn=imgs)
