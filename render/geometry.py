@@ -16,14 +16,36 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-GROUP_SIZE = 16
+GROUP_SIZE = 8
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1)
+
+
+class _V:
+    """A 3-vector field stored as three component tensors (fast elementwise dot products)."""
+    __slots__ = ("x", "y", "z")
+
+    def __init__(self, x: Tensor, y: Tensor, z: Tensor):
+        self.x, self.y, self.z = x, y, z
+
+    @staticmethod
+    def of(t: Tensor) -> "_V":
+        return _V(*t.unbind(-1))
+
+    def __sub__(self, o: "_V") -> "_V":
+        return _V(self.x - o.x, self.y - o.y, self.z - o.z)
+
+    def dot(self, o: "_V") -> Tensor:
+        return self.x * o.x + self.y * o.y + self.z * o.z
+
+    def cross(self, o: "_V") -> "_V":
+        return _V(self.y * o.z - self.z * o.y, self.z * o.x - self.x * o.z, self.x * o.y - self.y * o.x)
 
 
 @torch.no_grad()
@@ -35,39 +57,37 @@ def closest_barycentric(p: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     below 1e-6 rad, or a zero edge) use the closest of the three edge segments.
     """
     dtype = p.dtype
-    p, a, b, c = p.double(), a.double(), b.double(), c.double()
-    ab, ac, ap, bp, cp = b - a, c - a, p - a, p - b, p - c
-    d1, d2, d3, d4, d5, d6 = _dot(ab, ap), _dot(ac, ap), _dot(ab, bp), _dot(ac, bp), _dot(ab, cp), _dot(ac, cp)
+    P, A, Bv, C = (_V.of(t.double()) for t in (p, a, b, c))
+    ab, ac, ap, bp, cp = Bv - A, C - A, P - A, P - Bv, P - C
+    d1, d2, d3, d4, d5, d6 = ab.dot(ap), ac.dot(ap), ab.dot(bp), ac.dot(bp), ab.dot(cp), ac.dot(cp)
     va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
     zero, one = torch.zeros_like(d1), torch.ones_like(d1)
 
     def safe(x: Tensor) -> Tensor:
         return torch.where(x != 0, x, one)
 
-    denom = va + vb + vc
-    v, w = vb / safe(denom), vc / safe(denom)
-    lam = torch.stack([1 - v - w, v, w], -1)  # face region
-    t = (d4 - d3) / safe((d4 - d3) + (d5 - d6))
-    regions = [  # lowest priority first
-        ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), torch.stack([zero, 1 - t, t], -1)),
-        ((vb <= 0) & (d2 >= 0) & (d6 <= 0), None),
-        ((d6 >= 0) & (d5 <= d6), torch.stack([zero, zero, one], -1)),
-        ((vc <= 0) & (d1 >= 0) & (d3 <= 0), None),
-        ((d3 >= 0) & (d4 <= d3), torch.stack([zero, one, zero], -1)),
-        ((d1 <= 0) & (d2 <= 0), torch.stack([one, zero, zero], -1)),
-    ]
+    denom = safe(va + vb + vc)
+    l1, l2 = vb / denom, vc / denom  # face region
+    l0 = 1 - l1 - l2
+    t_bc = (d4 - d3) / safe((d4 - d3) + (d5 - d6))
     w_ac = d2 / safe(d2 - d6)
-    regions[1] = (regions[1][0], torch.stack([1 - w_ac, zero, w_ac], -1))
     v_ab = d1 / safe(d1 - d3)
-    regions[3] = (regions[3][0], torch.stack([1 - v_ab, v_ab, zero], -1))
-    for mask, val in regions:
-        lam = torch.where(mask[..., None], val, lam)
-    # degenerate triangles: closest of the three segments
-    n2 = _dot(torch.cross(ab, ac, dim=-1), torch.cross(ab, ac, dim=-1))
-    degen = ~(n2 > 1e-12 * _dot(ab, ab) * _dot(ac, ac))
+    regions = (  # lowest priority first (Ericson returns at the first match)
+        ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), zero, 1 - t_bc, t_bc),
+        ((vb <= 0) & (d2 >= 0) & (d6 <= 0), 1 - w_ac, zero, w_ac),
+        ((d6 >= 0) & (d5 <= d6), zero, zero, one),
+        ((vc <= 0) & (d1 >= 0) & (d3 <= 0), 1 - v_ab, v_ab, zero),
+        ((d3 >= 0) & (d4 <= d3), zero, one, zero),
+        ((d1 <= 0) & (d2 <= 0), one, zero, zero),
+    )
+    for m, r0, r1, r2 in regions:
+        l0, l1, l2 = torch.where(m, r0, l0), torch.where(m, r1, l1), torch.where(m, r2, l2)
+    lam = torch.stack([l0, l1, l2], -1)
+    n = ab.cross(ac)
+    degen = ~(n.dot(n) > 1e-12 * ab.dot(ab) * ac.dot(ac))
     if degen.any():
         idx = torch.nonzero(degen.reshape(-1), as_tuple=True)[0]
-        flat = lambda x: x.reshape(-1, 3).index_select(0, idx)  # noqa: E731
+        flat = lambda x: x.double().reshape(-1, 3).index_select(0, idx)  # noqa: E731
         lam.view(-1, 3)[idx] = _segments_barycentric(flat(p), flat(a), flat(b), flat(c))
     return lam.to(dtype)
 
@@ -100,20 +120,36 @@ def point_triangle_sqdist(p: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return _dot(p - q, p - q)
 
 
-def _morton_order(x: Tensor) -> Tensor:
-    """Permutation (N,) sorting points (N, 3) along a 3D Morton (Z-order) curve, 10 bits per axis."""
-    lo, hi = x.amin(0), x.amax(0)
-    q = ((x - lo) / (hi - lo).clamp(min=1e-30) * 1023).long().clamp(0, 1023)
-    code = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    for bit in range(10):
-        for axis in range(3):
-            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
-    return torch.argsort(code)
+def _kd_groups(cen: Tensor, levels: int) -> Tensor:
+    """Face ids (B, 2**levels, g) in compact spatial groups, per mesh.
+
+    cen (B, F, 3) face centroids.  The F ids are padded cyclically to 2**levels * g slots, then
+    split `levels` times at the median along each segment's longest axis (one batched sort per
+    level), so every group holds g faces that are close in that mesh's pose.
+    """
+    B, F, _ = cen.shape
+    G = 2 ** levels
+    g = -(-F // G)
+    ids = (torch.arange(G * g, device=cen.device) % F).expand(B, -1)
+    for level in range(levels):
+        seg = G * g >> level
+        c = torch.gather(cen, 1, ids[..., None].expand(-1, -1, 3)).view(B, 1 << level, seg, 3)
+        axis = (c.amax(2) - c.amin(2)).argmax(-1)  # (B, segments)
+        key = torch.gather(c, 3, axis[:, :, None, None].expand(-1, -1, seg, 1))[..., 0]
+        ids = torch.gather(ids.view(B, 1 << level, seg), 2, key.argsort(-1)).view(B, G * g)
+    return ids.view(B, G, g)
 
 
 @torch.no_grad()
 def _nearest_face(p: Tensor, bi: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
-    """Index (N,) into `faces` of the triangle nearest to each point p (N, 3) of mesh bi (N,)."""
+    """Index (N,) into `faces` of the triangle nearest to each point p (N, 3) of mesh bi (N,).
+
+    Exact search with pruning, per mesh and chunk of points: (1) distances to the G group centres;
+    (2) upper bound U0 = nearest centroid of the nearest group; (3) groups whose sphere is within
+    U0; (4) their faces: lower bound max(sphere, plane) and exact distance to the face of nearest
+    centroid -> tight upper bound U; (5) exact distances of the faces whose lower bound <= U and the
+    minimum (ties -> smallest face index).
+    """
     B, F, dev = verts.shape[0], faces.shape[0], verts.device
     off = verts.mean(1)  # centre each mesh for precision
     verts = verts - off[:, None]
@@ -121,45 +157,73 @@ def _nearest_face(p: Tensor, bi: Tensor, verts: Tensor, faces: Tensor, chunk_siz
     tri = verts[:, faces]  # (B, F, 3, 3)
     cen = tri.mean(2)
     rad = (tri - cen[:, :, None]).norm(dim=-1).amax(-1)  # (B, F)
-    extent = verts.abs().amax().item()
-    tol = 1e-5 * extent + 1e-30
-    g = min(GROUP_SIZE, F)
-    G = (F + g - 1) // g
-    order = _morton_order(cen.mean(0))
-    order = torch.cat([order, order[-1:].expand(G * g - F)])
-    gfaces = order.view(G, g)  # (G, g) face ids
-    gcen_f = cen[:, gfaces]  # (B, G, g, 3)
+    tol = 1e-5 * verts.abs().amax().item() + 1e-30
+    levels = max(0, int(np.ceil(np.log2(F / GROUP_SIZE)))) if F > GROUP_SIZE else 0
+    gfaces = _kd_groups(cen, levels)  # (B, G, g)
+    G, g = gfaces.shape[1:]
+    gcen_f = torch.gather(cen, 1, gfaces.view(B, -1, 1).expand(-1, -1, 3)).view(B, G, g, 3)
     gc = gcen_f.mean(2)
-    gr = ((gcen_f - gc[:, :, None]).norm(dim=-1) + rad[:, gfaces]).amax(-1)  # (B, G)
-    near = (gcen_f - gc[:, :, None]).norm(dim=-1).argmin(-1)  # (B, G)
-    rep = torch.gather(gcen_f, 2, near[:, :, None, None].expand(B, G, 1, 3))[:, :, 0]  # on-mesh points
+    grad_f = torch.gather(rad, 1, gfaces.view(B, -1)).view(B, G, g)
+    gr = ((gcen_f - gc[:, :, None]).norm(dim=-1) + grad_f).amax(-1)  # (B, G)
+    n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
+    nn = n.norm(dim=-1, keepdim=True)
+    # unit normals; degenerate (or nearly) faces get 0: their plane bound is then the trivial 0
+    nrm = torch.where(nn > 1e-2 * rad[..., None] ** 2, n / nn.clamp(min=1e-30), torch.zeros_like(n))
     out = torch.empty(p.shape[0], dtype=torch.long, device=dev)
     step = max(1, chunk_size)
-    for s in range(0, p.shape[0], step):
-        pc, bc = p[s:s + step], bi[s:s + step]
-        n = pc.shape[0]
-        dg = (pc[:, None] - gc.index_select(0, bc)).norm(dim=-1)  # (n, G)
-        u0 = (pc[:, None] - rep.index_select(0, bc)).norm(dim=-1).amin(1)  # (n,) upper bound
-        pi, gi = torch.nonzero(dg - gr.index_select(0, bc) <= u0[:, None] + tol, as_tuple=True)
-        pi = pi[:, None].expand(-1, g).reshape(-1)
-        fi = gfaces.index_select(0, gi).reshape(-1)
-        flat = bc.index_select(0, pi) * F + fi
-        dpf = (pc.index_select(0, pi) - cen.reshape(B * F, 3).index_select(0, flat)).norm(dim=-1)
-        u1 = torch.full((n,), float("inf"), dtype=p.dtype, device=dev)
-        u1.scatter_reduce_(0, pi, dpf, reduce="amin")
-        keep = torch.nonzero(dpf - rad.reshape(-1).index_select(0, flat) <= u1.index_select(0, pi) + tol,
-                             as_tuple=True)[0]
-        pi, fi, flat = pi[keep], fi[keep], flat[keep]
-        t = tri.reshape(B * F, 3, 3).index_select(0, flat)
-        pp = pc.index_select(0, pi)
-        d2 = point_triangle_sqdist(pp, t[:, 0], t[:, 1], t[:, 2])
-        best = torch.full((n,), float("inf"), dtype=p.dtype, device=dev)
-        best.scatter_reduce_(0, pi, d2, reduce="amin")
-        win = d2 == best.index_select(0, pi)
-        fbest = torch.full((n,), F, dtype=torch.long, device=dev)
-        fbest.scatter_reduce_(0, pi, torch.where(win, fi, torch.full_like(fi, F)), reduce="amin")
-        out[s:s + n] = fbest
+    # points of one mesh at a time (bi is sorted by construction), chunked
+    order = torch.argsort(bi, stable=True)
+    p, bi = p.index_select(0, order), bi.index_select(0, order)
+    counts = torch.bincount(bi, minlength=B).tolist()
+    res = torch.empty_like(out)
+    start = 0
+    for b, cnt in enumerate(counts):
+        for s in range(start, start + cnt, step):
+            e = min(s + step, start + cnt)
+            res[s:e] = _search_chunk(p[s:e], tri[b], cen[b], rad[b], nrm[b], gc[b], gr[b], gfaces[b], tol)
+        start += cnt
+    out[order] = res
     return out
+
+
+def _search_chunk(pc: Tensor, tri: Tensor, cen: Tensor, rad: Tensor, nrm: Tensor, gc: Tensor, gr: Tensor,
+                  gfaces: Tensor, tol: float) -> Tensor:
+    """Nearest face (n,) of points pc (n, 3) on one mesh: tri (F, 3, 3), face centroids (F, 3),
+    bounding radii (F,), unit normals (F, 3) (0 for degenerate faces), group centres (G, 3),
+    radii (G,) and face ids (G, g).  Lower bounds of the distance to face f: |p - c_f| - r_f and the
+    distance to its plane; upper bounds: distances to centroids (on the mesh) and exact distances."""
+    n, dev = pc.shape[0], pc.device
+    F = tri.shape[0]
+    G, g = gfaces.shape
+    dg2 = ((pc[:, 0:1] - gc[:, 0]).square() + (pc[:, 1:2] - gc[:, 1]).square()
+           + (pc[:, 2:3] - gc[:, 2]).square())  # (n, G) squared distances to group centres
+    first = gfaces.index_select(0, dg2.argmin(1))  # (n, g) faces of the nearest group
+    ub0 = (pc[:, None] - cen.index_select(0, first.reshape(-1)).view(n, g, 3)).norm(dim=-1).amin(1)
+    pi, gi = torch.nonzero(dg2 <= (ub0[:, None] * (1 + 1e-6) + tol + gr).square(), as_tuple=True)
+    fi = gfaces.index_select(0, gi).reshape(-1)
+    pi = pi.repeat_interleave(g)
+    pp = pc.index_select(0, pi)
+    dpf = (pp - cen.index_select(0, fi)).norm(dim=-1)
+    lb = torch.maximum(dpf - rad.index_select(0, fi),
+                       ((pp - tri[:, 0].index_select(0, fi)) * nrm.index_select(0, fi)).sum(-1).abs())
+    # exact distance to the face with the nearest centroid -> tight upper bound
+    near = torch.full((n,), float("inf"), dtype=pc.dtype, device=dev)
+    near.scatter_reduce_(0, pi, dpf, reduce="amin")
+    sel = torch.nonzero(dpf == near.index_select(0, pi), as_tuple=True)[0]
+    t = tri.index_select(0, fi.index_select(0, sel))
+    d_sel = point_triangle_sqdist(pp.index_select(0, sel), t[:, 0], t[:, 1], t[:, 2]).sqrt()
+    ub = torch.full((n,), float("inf"), dtype=pc.dtype, device=dev)
+    ub.scatter_reduce_(0, pi.index_select(0, sel), d_sel, reduce="amin")
+    keep = torch.nonzero(lb <= ub.index_select(0, pi) * (1 + 1e-6) + tol, as_tuple=True)[0]
+    pi, fi = pi.index_select(0, keep), fi.index_select(0, keep)
+    t = tri.index_select(0, fi)
+    d2 = point_triangle_sqdist(pp.index_select(0, keep), t[:, 0], t[:, 1], t[:, 2])
+    best = torch.full((n,), float("inf"), dtype=pc.dtype, device=dev)
+    best.scatter_reduce_(0, pi, d2, reduce="amin")
+    win = d2 == best.index_select(0, pi)
+    fbest = torch.full((n,), F, dtype=torch.long, device=dev)
+    fbest.scatter_reduce_(0, pi, torch.where(win, fi, torch.full_like(fi, F)), reduce="amin")
+    return fbest
 
 
 def _packed_sqdist(p: Tensor, bi: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
