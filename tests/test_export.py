@@ -125,8 +125,8 @@ def test_mirrored_input_gives_outputs_in_its_own_image_frame(tmp_path, checkpoin
     from datasets.common import mirror_frame
     _write_folder(tmp_path / "plain", frames, K_SMALL)
     _write_folder(tmp_path / "mirrored", [mirror_frame(f, cx) for f in frames], K_SMALL)
-    _export(tmp_path / "a", checkpoint, "folder", tmp_path / "plain", export_mirror=False)
-    _export(tmp_path / "b", checkpoint, "folder", tmp_path / "mirrored", export_mirror=True)
+    _export(tmp_path / "a", checkpoint, "folder", tmp_path / "plain", export_mirror=False, export_write_meshes=True)
+    _export(tmp_path / "b", checkpoint, "folder", tmp_path / "mirrored", export_mirror=True, export_write_meshes=True)
     a, _, _ = _read_outputs(tmp_path / "a" / "out" / "plain")
     b, _, fb = _read_outputs(tmp_path / "b" / "out" / "mirrored")
     assert [r["localization"] for r in fb] == EXPECTED_HOW
@@ -136,6 +136,11 @@ def test_mirrored_input_gives_outputs_in_its_own_image_frame(tmp_path, checkpoin
     np.testing.assert_allclose(b["center_mm"], a["center_mm"] * flip, atol=1e-3)
     np.testing.assert_allclose(b["located_mm"], a["located_mm"] * flip, atol=1e-3)
     np.testing.assert_allclose(b["uvd"][..., 0], 2 * cx - a["uvd"][..., 0], atol=1e-3)
+    # meshes: reflected vertices, reversed winding; NaN where no hand was found
+    assert b["verts_mm"].shape == (len(frames), 779, 3)  # V = 779 (ARCHITECTURE.md)
+    np.testing.assert_allclose(b["verts_mm"], a["verts_mm"] * flip, atol=1e-3)
+    np.testing.assert_array_equal(b["faces"], a["faces"][:, ::-1])
+    assert np.isnan(b["verts_mm"][~b["found"]]).all() and np.isfinite(b["verts_mm"][b["found"]]).all()
     # and the centres hold the hand where it is in the mirrored images (x of the order of +-90 mm)
     _check_centres_hold_the_hand(b, joints * flip)
 
