@@ -119,6 +119,16 @@ def test_folder_export_writes_consistent_files(tmp_path, checkpoint, small_seq):
     assert [p.name for p in overlays] == ["000000.png", "000001.png"]
 
 
+def test_every_nth_frame_keeps_frame_numbers_and_files(tmp_path, checkpoint, small_seq):
+    frames, _ = small_seq
+    _write_folder(tmp_path / "seq", frames, K_SMALL)
+    _, totals = _export(tmp_path, checkpoint, "folder", tmp_path / "seq", export_mirror=False, export_every=2)
+    npz, _, frame_rows = _read_outputs(tmp_path / "out" / "seq")
+    assert totals["frames"] == 3 and list(npz["frame_ids"]) == [0, 2, 4]
+    assert [(r["frame"], r["file"], r["localization"]) for r in frame_rows] == [
+        ("0", "frame_000.png", "detected"), ("2", "frame_002.png", "missing"), ("4", "frame_004.png", "detected")]
+
+
 def test_mirrored_input_gives_outputs_in_its_own_image_frame(tmp_path, checkpoint, small_seq, hand_model):
     frames, joints = small_seq
     cx = K_SMALL[0, 2]
