@@ -212,10 +212,10 @@ class Config:
     export_write_meshes: bool = opt(False, "also write the predicted MANO parameters and meshes per frame (NPZ)")
     localize_band_mm: float = opt(150.0, "hand detection: depth band behind the nearest valid point that may belong to the hand (mm)")
     localize_min_pixels: int = opt(150, "hand detection: fewest pixels of a hand region in a frame")
-    localize_max_extent_mm: float = opt(350.0, "hand detection: a region wider than this in x or y is not a hand (mm)")
+    localize_max_extent_mm: float = opt(350.0, "hand detection: the front 50 mm of a hand region is no wider than this, and its near part covers at most half a square of this side (mm)")
     localize_min_depth_mm: float = opt(150.0, "hand detection: ignore depths nearer than this (sensor noise) (mm)")
     localize_max_depth_mm: float = opt(1500.0, "hand detection: ignore depths farther than this (mm)")
-    localize_iterations: int = opt(5, "centre refinement: mean-shift iterations within the cube")
+    localize_iterations: int = opt(5, "centre refinement: most iterations of the spherical mean shift")
     track: bool = opt(True, "in sequences, start from the previous frame's prediction; detect again when lost")
 
     # ------------------------------------------------------------------------------------------
