@@ -141,22 +141,27 @@ def _kd_groups(cen: Tensor, levels: int) -> Tensor:
 
 
 @torch.no_grad()
-def _nearest_face(p: Tensor, bi: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
-    """Index (N,) into `faces` of the triangle nearest to each point p (N, 3) of mesh bi (N,).
+def _nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
+    """Index (B, P) into `faces` of the triangle nearest to each point p (B, P, 3) of its mesh.
 
-    Exact search with pruning, per mesh and chunk of points: (1) distances to the G group centres;
-    (2) upper bound U0 = nearest centroid of the nearest group; (3) groups whose sphere is within
-    U0; (4) their faces: lower bound max(sphere, plane) and exact distance to the face of nearest
-    centroid -> tight upper bound U; (5) exact distances of the faces whose lower bound <= U and the
-    minimum (ties -> smallest face index).
+    Exact search with pruning, all meshes at once, in chunks of points: (1) squared distances to
+    the G group centres (one batched matmul, rounding slack added); (2) upper bound U0 = nearest centroid of the
+    nearest group; (3) groups whose sphere is within U0; (4) their faces: lower bound
+    max(bounding sphere, plane) and the exact distance to the face of nearest centroid -> tight upper
+    bound U; (5) exact distances of the faces whose lower bound <= U and the minimum (ties ->
+    smallest face index).  Centroids lie on the mesh, so U0 and U are true upper bounds.
     """
-    B, F, dev = verts.shape[0], faces.shape[0], verts.device
-    off = verts.mean(1)  # centre each mesh for precision
-    verts = verts - off[:, None]
-    p = p - off.index_select(0, bi)
+    B, P, _ = p.shape
+    F, dev = faces.shape[0], verts.device
+    off = verts.mean(1, keepdim=True)  # centre each mesh for precision
+    verts, p = verts - off, p - off
     tri = verts[:, faces]  # (B, F, 3, 3)
     cen = tri.mean(2)
     rad = (tri - cen[:, :, None]).norm(dim=-1).amax(-1)  # (B, F)
+    n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
+    nn = n.norm(dim=-1, keepdim=True)
+    # unit normals; (nearly) degenerate faces get 0, i.e. the trivial plane bound 0
+    nrm = torch.where(nn > 1e-2 * rad[..., None] ** 2, n / nn.clamp(min=1e-30), torch.zeros_like(n))
     tol = 1e-5 * verts.abs().amax().item() + 1e-30
     levels = max(0, int(np.ceil(np.log2(F / GROUP_SIZE)))) if F > GROUP_SIZE else 0
     gfaces = _kd_groups(cen, levels)  # (B, G, g)
@@ -165,77 +170,75 @@ def _nearest_face(p: Tensor, bi: Tensor, verts: Tensor, faces: Tensor, chunk_siz
     gc = gcen_f.mean(2)
     grad_f = torch.gather(rad, 1, gfaces.view(B, -1)).view(B, G, g)
     gr = ((gcen_f - gc[:, :, None]).norm(dim=-1) + grad_f).amax(-1)  # (B, G)
-    n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
-    nn = n.norm(dim=-1, keepdim=True)
-    # unit normals; degenerate (or nearly) faces get 0: their plane bound is then the trivial 0
-    nrm = torch.where(nn > 1e-2 * rad[..., None] ** 2, n / nn.clamp(min=1e-30), torch.zeros_like(n))
-    out = torch.empty(p.shape[0], dtype=torch.long, device=dev)
-    step = max(1, chunk_size)
-    # points of one mesh at a time (bi is sorted by construction), chunked
-    order = torch.argsort(bi, stable=True)
-    p, bi = p.index_select(0, order), bi.index_select(0, order)
-    counts = torch.bincount(bi, minlength=B).tolist()
-    res = torch.empty_like(out)
-    start = 0
-    for b, cnt in enumerate(counts):
-        for s in range(start, start + cnt, step):
-            e = min(s + step, start + cnt)
-            res[s:e] = _search_chunk(p[s:e], tri[b], cen[b], rad[b], nrm[b], gc[b], gr[b], gfaces[b], tol)
-        start += cnt
-    out[order] = res
+    gcn = (gc * gc).sum(-1)  # (B, G)
+    eps = torch.finfo(p.dtype).eps
+    flat = dict(tri=tri.reshape(B * F, 3, 3), cen=cen.reshape(B * F, 3), rad=rad.reshape(-1),
+                nrm=nrm.reshape(B * F, 3), gfaces=(gfaces + F * torch.arange(B, device=dev)[:, None, None]
+                                                   ).reshape(B * G, g))
+    out = torch.empty(B, P, dtype=torch.long, device=dev)
+    step = max(1, chunk_size // max(B, 1))
+    for s in range(0, P, step):
+        pc = p[:, s:s + step]
+        m = pc.shape[1]
+        pn = (pc * pc).sum(-1)  # (B, m)
+        dg2 = torch.baddbmm(pn[:, :, None] + gcn[:, None, :], pc, gc.transpose(1, 2), alpha=-2.0)  # (B, m, G)
+        # rounding of the expanded form: |err| <= 16 eps (|p|^2 + |c|^2), added to the reach
+        slack = 16 * eps * (pn.amax().item() + gcn.amax().item())
+        gbase = G * torch.arange(B, device=dev)[:, None]
+        out[:, s:s + m] = _search(pc.reshape(B * m, 3), dg2, (dg2.argmin(-1) + gbase).reshape(-1),
+                                  gr, flat, tol, slack).view(B, m) - F * torch.arange(B, device=dev)[:, None]
     return out
 
 
-def _search_chunk(pc: Tensor, tri: Tensor, cen: Tensor, rad: Tensor, nrm: Tensor, gc: Tensor, gr: Tensor,
-                  gfaces: Tensor, tol: float) -> Tensor:
-    """Nearest face (n,) of points pc (n, 3) on one mesh: tri (F, 3, 3), face centroids (F, 3),
-    bounding radii (F,), unit normals (F, 3) (0 for degenerate faces), group centres (G, 3),
-    radii (G,) and face ids (G, g).  Lower bounds of the distance to face f: |p - c_f| - r_f and the
-    distance to its plane; upper bounds: distances to centroids (on the mesh) and exact distances."""
-    n, dev = pc.shape[0], pc.device
-    F = tri.shape[0]
-    G, g = gfaces.shape
-    dg2 = ((pc[:, 0:1] - gc[:, 0]).square() + (pc[:, 1:2] - gc[:, 1]).square()
-           + (pc[:, 2:3] - gc[:, 2]).square())  # (n, G) squared distances to group centres
-    first = gfaces.index_select(0, dg2.argmin(1))  # (n, g) faces of the nearest group
-    ub0 = (pc[:, None] - cen.index_select(0, first.reshape(-1)).view(n, g, 3)).norm(dim=-1).amin(1)
-    pi, gi = torch.nonzero(dg2 <= (ub0[:, None] * (1 + 1e-6) + tol + gr).square(), as_tuple=True)
-    fi = gfaces.index_select(0, gi).reshape(-1)
-    pi = pi.repeat_interleave(g)
+def _search(pc: Tensor, dg2: Tensor, first_group: Tensor, gr: Tensor, flat: dict, tol: float,
+            slack: float) -> Tensor:
+    """Steps (2)-(5) of `_nearest_face` for points pc (N = B*m, 3); dg2 (B, m, G) squared group
+    distances; first_group (N,) flat id of each point's nearest group.  Returns flat face ids b*F+f."""
+    N, dev = pc.shape[0], pc.device
+    B, m, G = dg2.shape
+    gfaces, cen, rad, nrm, tri = flat["gfaces"], flat["cen"], flat["rad"], flat["nrm"], flat["tri"]
+    g = gfaces.shape[1]
+    first = gfaces.index_select(0, first_group)  # (N, g)
+    ub0 = (pc[:, None] - cen.index_select(0, first.reshape(-1)).view(N, g, 3)).norm(dim=-1).amin(1)
+    reach = (ub0.view(B, m, 1) * (1 + 1e-6) + tol + gr[:, None, :]).square_().add_(slack)
+    b, i, gi = torch.nonzero(dg2 <= reach, as_tuple=True)  # candidate groups
+    pi = (b * m + i).repeat_interleave(g)
+    fi = gfaces.index_select(0, b * G + gi).reshape(-1)
     pp = pc.index_select(0, pi)
     dpf = (pp - cen.index_select(0, fi)).norm(dim=-1)
     lb = torch.maximum(dpf - rad.index_select(0, fi),
                        ((pp - tri[:, 0].index_select(0, fi)) * nrm.index_select(0, fi)).sum(-1).abs())
-    # exact distance to the face with the nearest centroid -> tight upper bound
-    near = torch.full((n,), float("inf"), dtype=pc.dtype, device=dev)
+    near = torch.full((N,), float("inf"), dtype=pc.dtype, device=dev)
     near.scatter_reduce_(0, pi, dpf, reduce="amin")
     sel = torch.nonzero(dpf == near.index_select(0, pi), as_tuple=True)[0]
     t = tri.index_select(0, fi.index_select(0, sel))
     d_sel = point_triangle_sqdist(pp.index_select(0, sel), t[:, 0], t[:, 1], t[:, 2]).sqrt()
-    ub = torch.full((n,), float("inf"), dtype=pc.dtype, device=dev)
+    ub = torch.full((N,), float("inf"), dtype=pc.dtype, device=dev)
     ub.scatter_reduce_(0, pi.index_select(0, sel), d_sel, reduce="amin")
     keep = torch.nonzero(lb <= ub.index_select(0, pi) * (1 + 1e-6) + tol, as_tuple=True)[0]
     pi, fi = pi.index_select(0, keep), fi.index_select(0, keep)
     t = tri.index_select(0, fi)
     d2 = point_triangle_sqdist(pp.index_select(0, keep), t[:, 0], t[:, 1], t[:, 2])
-    best = torch.full((n,), float("inf"), dtype=pc.dtype, device=dev)
+    best = torch.full((N,), float("inf"), dtype=pc.dtype, device=dev)
     best.scatter_reduce_(0, pi, d2, reduce="amin")
     win = d2 == best.index_select(0, pi)
-    fbest = torch.full((n,), F, dtype=torch.long, device=dev)
-    fbest.scatter_reduce_(0, pi, torch.where(win, fi, torch.full_like(fi, F)), reduce="amin")
+    big = tri.shape[0]
+    fbest = torch.full((N,), big, dtype=torch.long, device=dev)
+    fbest.scatter_reduce_(0, pi, torch.where(win, fi, torch.full_like(fi, big)), reduce="amin")
     return fbest
 
 
-def _packed_sqdist(p: Tensor, bi: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
-    """Differentiable squared distance (N,) of packed points p (N, 3) of meshes bi (N,)."""
-    if p.shape[0] == 0:
+def _padded_sqdist(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
+    """Differentiable squared distance (B, P) of points p (B, P, 3) to meshes (verts, faces)."""
+    B, P, _ = p.shape
+    if P == 0:
         return p.sum(-1) + 0.0 * verts.sum()
-    face = _nearest_face(p.detach(), bi, verts.detach(), faces, chunk_size)
-    t = verts[bi[:, None], faces.index_select(0, face)]  # (N, 3, 3), differentiable
-    return point_triangle_sqdist(p, t[:, 0], t[:, 1], t[:, 2])
+    face = _nearest_face(p.detach(), verts.detach(), faces, chunk_size)  # (B, P)
+    t = verts[torch.arange(B, device=p.device)[:, None, None], faces[face]]  # (B, P, 3, 3)
+    return point_triangle_sqdist(p, t[..., 0, :], t[..., 1, :], t[..., 2, :])
 
 
-def point_mesh_sqdist(points: Tensor, verts: Tensor, faces: Tensor, chunk_size: int = 8192) -> Tensor:
+def point_mesh_sqdist(points: Tensor, verts: Tensor, faces: Tensor, chunk_size: int = 16384) -> Tensor:
     """Squared distance from each point to the closest triangle of its mesh.
 
     points (B, P, 3), verts (B, V, 3) (any unit; same for both), faces (F, 3) long -> (B, P),
@@ -245,12 +248,11 @@ def point_mesh_sqdist(points: Tensor, verts: Tensor, faces: Tensor, chunk_size: 
     if faces.shape[0] == 0:
         raise ValueError("point_mesh_sqdist needs at least one face")
     faces = faces.to(device=verts.device, dtype=torch.long)
-    bi = torch.arange(B, device=points.device).repeat_interleave(P)
-    return _packed_sqdist(points.reshape(B * P, 3), bi, verts, faces, chunk_size).view(B, P)
+    return _padded_sqdist(points, verts, faces, chunk_size)
 
 
 def part_point_mesh_sqdist(points: Tensor, labels: Tensor, verts: Tensor, part_faces: list[Tensor],
-                           faces: Tensor | None = None, chunk_size: int = 8192) -> tuple[Tensor, Tensor]:
+                           faces: Tensor | None = None, chunk_size: int = 16384) -> tuple[Tensor, Tensor]:
     """Part-aware distance (spec 7.3): each point labelled k = 1..15 against the faces of part k.
 
     points (B, P, 3), labels (B, P) long in 0..15 (0 = palm: not a part, ignored), verts (B, V, 3).
@@ -263,28 +265,29 @@ def part_point_mesh_sqdist(points: Tensor, labels: Tensor, verts: Tensor, part_f
     if len(part_faces) != 15:
         raise ValueError(f"part_faces must hold 15 face sets, got {len(part_faces)}")
     B, P, _ = points.shape
-    flat_pts, flat_lab = points.reshape(B * P, 3), labels.reshape(B * P)
-    bi_all = torch.arange(B, device=points.device).repeat_interleave(P)
-    sums = points.new_zeros(B, 15) + 0.0 * verts.sum()
-    nonzero = torch.zeros(B, 15, dtype=torch.long, device=points.device)
-    counts = torch.zeros(B, 15, dtype=torch.long, device=points.device)
+    dev = points.device
+    zero = points.new_zeros(B) + 0.0 * verts.sum()
+    sums, nonzero, counts = [], [], []
     for k in range(1, 16):
         pf = part_faces[k - 1].to(device=verts.device, dtype=torch.long)
         if pf.dim() == 1:
             if faces is None:
                 raise ValueError("part_faces given as face indices: pass faces=(F, 3)")
             pf = faces.to(device=verts.device, dtype=torch.long).index_select(0, pf)
-        sel = torch.nonzero(flat_lab == k, as_tuple=True)[0]
-        if sel.numel() == 0:
+        mask = labels == k  # (B, P)
+        cnt = mask.sum(1)
+        counts.append(cnt)
+        pm = int(cnt.max())
+        if pm == 0 or pf.shape[0] == 0:
+            sums.append(zero)
+            nonzero.append(torch.zeros_like(cnt))
             continue
-        bi = bi_all.index_select(0, sel)
-        counts[:, k - 1] = torch.bincount(bi, minlength=B)
-        if pf.shape[0] == 0:
-            continue
-        d2 = _packed_sqdist(flat_pts.index_select(0, sel), bi, verts, pf, chunk_size)
-        col = torch.zeros(B, 15, dtype=d2.dtype, device=d2.device)
-        col = col.index_put((bi, torch.full_like(bi, k - 1)), d2, accumulate=True)
-        sums = sums + col
-        nonzero[:, k - 1] = torch.bincount(bi[d2.detach() > 0], minlength=B)
-    means = sums / nonzero.clamp(min=1).to(sums.dtype)
-    return means, counts
+        # the points labelled k of each sample, packed to the left of a (B, pm) layout
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :pm]
+        valid = torch.arange(pm, device=dev)[None] < cnt[:, None]
+        pk = torch.gather(points, 1, order[..., None].expand(-1, -1, 3))
+        d2 = torch.where(valid, _padded_sqdist(pk, verts, pf, chunk_size), torch.zeros_like(pk[..., 0]))
+        sums.append(d2.sum(1))
+        nonzero.append(((d2.detach() > 0) & valid).sum(1))
+    means = torch.stack(sums, 1) / torch.stack(nonzero, 1).clamp(min=1).to(points.dtype)
+    return means, torch.stack(counts, 1)
