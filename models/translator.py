@@ -44,6 +44,8 @@ class ResnetGenerator(nn.Module):
     ngf=64, n_blocks=9, residual=False is the original; S must be divisible by 4.  Smaller `ngf` /
     `n_blocks` give the CPU-trainable variant with the same structure.  residual=True (design option,
     not the original) drops the tanh and returns clamp(x + net(x), -1, 1): near identity at init.
+    Caveat measured in bench/bench_transfer.py (CPU, 610 steps): it settled on the exact identity
+    (background clamped at +1 receives no gradient; L1 terms pin the hand), i.e. no translation.
     """
 
     def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9, residual: bool = False):
