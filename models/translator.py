@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+RESIDUAL_LIMIT = 0.995  # residual option: inputs clamped to +-this before atanh (background -> 0.995)
+
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:
     """Xavier-normal init (gain 0.02) for conv weights, zero biases; spec 9.1 (inferred)."""
     for m in net.modules():
@@ -43,9 +45,9 @@ class ResnetGenerator(nn.Module):
 
     ngf=64, n_blocks=9, residual=False is the original; S must be divisible by 4.  Smaller `ngf` /
     `n_blocks` give the CPU-trainable variant with the same structure.  residual=True (design option,
-    not the original) drops the tanh and returns clamp(x + net(x), -1, 1): near identity at init.
-    Caveat measured in bench/bench_transfer.py (CPU, 610 steps): it settled on the exact identity
-    (background clamped at +1 receives no gradient; L1 terms pin the hand), i.e. no translation.
+    not the original) adds the network's pre-tanh output to the input's: tanh(atanh(x') + net(x)),
+    x' = x clamped to +-RESIDUAL_LIMIT, so the generator starts at the identity (background +1 maps
+    to RESIDUAL_LIMIT >= the 0.99 threshold) and every pixel keeps a gradient.
     """
 
     def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9, residual: bool = False):
@@ -68,7 +70,8 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.residual:
-            return (x + self.model(x)).clamp(-1.0, 1.0)
+            base = torch.atanh(x.clamp(-RESIDUAL_LIMIT, RESIDUAL_LIMIT))
+            return torch.tanh(base + self.model(x))
         return self.model(x)
 
 
