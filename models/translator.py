@@ -47,7 +47,8 @@ class ResnetGenerator(nn.Module):
     `n_blocks` give the CPU-trainable variant with the same structure.  residual=True (design option,
     not the original) adds the network's pre-tanh output to the input's: tanh(atanh(x') + net(x)),
     x' = x clamped to +-RESIDUAL_LIMIT, so the generator starts at the identity (background +1 maps
-    to RESIDUAL_LIMIT >= the 0.99 threshold) and every pixel keeps a gradient.
+    to RESIDUAL_LIMIT >= the 0.99 threshold) and every pixel keeps a gradient.  Measured in
+    bench/bench_transfer.py (CPU, ngf 8, 1191 steps): it stayed at the identity (no translation).
     """
 
     def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9, residual: bool = False):
