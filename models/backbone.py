@@ -12,7 +12,7 @@ from torch import Tensor, nn
 # stem width, body widths (layer1..4), decoder width
 NET_WIDTHS = {
     "resnet18": (64, (64, 128, 256, 512), 256),
-    "tiny": (16, (16, 32, 64, 128), 64),
+    "tiny": (16, (16, 32, 64, 128), 32),
 }
 BLOCKS_PER_LAYER = (2, 2, 2, 2)
 LAYER_STRIDES = (1, 2, 2, 2)
