@@ -7,13 +7,13 @@ in random poses, centred in an NYU crop (f = 588 px, cube 250 mm) at 500-1200 mm
 NYU crop.  Rows: render forward, render forward+backward, point-to-mesh distance of 2048 points per
 sample (forward, forward+backward) and the part-aware variant.  Wall time: min and median over the
 repeats (a shared machine makes single timings noisy); CPU: process CPU time (min), all threads.
-Peak memory: extra resident memory of one call, measured in a fresh subprocess (ru_maxrss delta).
+Peak memory: extra memory of one call, measured in a fresh subprocess (sampled resident set on
+CPU, max_memory_allocated on CUDA).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -84,7 +84,13 @@ def workload(B: int, seed: int = 0, device: str = "cpu"):
         pts_all, fg = camera.crop_points_norm(dn, center, cube, Kc)
         pts = torch.stack([pa[m][torch.randint(int(m.sum()), (2048,), generator=g)] for pa, m in zip(pts_all, fg)])
         pts = pts + 0.016 * torch.randn(pts.shape, generator=g)
-    labels = torch.randint(0, 16, (B, 2048), generator=g)
+    labels = torch.zeros(B, 2048, dtype=torch.long)
+    if hm is not None:  # realistic labels: the part of each point's nearest face (0 = palm only)
+        from render.geometry import _nearest_face
+        face_part = torch.zeros(faces.shape[0], dtype=torch.long)
+        for k, pf in enumerate(hm.part_faces):
+            face_part[pf] = k + 1
+        labels = face_part[_nearest_face(pts, verts_n, faces, 16384)]
     dev = torch.device(device)
     return dict(verts_mm=verts_mm.to(dev), faces=faces.to(dev), Kc=Kc.to(dev), center=center.to(dev),
                 cube=cube.to(dev), pts=pts.to(dev), verts_n=verts_n.to(dev), labels=labels.to(dev),
@@ -139,21 +145,45 @@ def time_op(fn, repeats, device):
     return min(walls), statistics.median(walls), min(cpus)
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
 def peak_memory_child(name, threads, batch, device):
-    """Run in a subprocess: print the extra max RSS (MiB) of one call of op `name`."""
+    """Run in a subprocess: print the peak extra memory (MiB) of one call of op `name`.
+
+    CPU: resident set sampled every 0.2 ms by a thread during the call, minus the resident set just
+    before it (first call in a fresh process, so freed memory kept by malloc does not hide it).
+    CUDA: torch.cuda.max_memory_allocated minus the allocation before the call.
+    """
+    import threading
     torch.set_num_threads(threads)
     w = workload(batch, device=device)
     ops = make_ops(w)
-    ops[name]()  # includes one-time allocations; the second call is measured below
     if device.startswith("cuda"):
+        ops[name]()
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         ops[name]()
+        torch.cuda.synchronize()
         print((torch.cuda.max_memory_allocated() - base) / 2 ** 20)
         return
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak, done = [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.0002)
+
+    base = _rss_mib()
+    th = threading.Thread(target=sample)
+    th.start()
     ops[name]()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    done.set()
+    th.join()
+    print(max(peak[0], _rss_mib()) - base)
 
 
 def main():
