@@ -62,20 +62,23 @@ def evaluate(name: str, ckpt: Path, out: Path, common: list[str]) -> dict[str, f
 
 
 def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
-    common = ["dataset=simreal", f"net={args.net}", f"seed={seed}", "stage_num=2",
+    common = ["dataset=simreal", f"net={args.net}", f"seed={seed}", f"stage_num={args.stage_num}",
               f"batch_size={args.batch_size}", "progress=false"] + passthrough
     out = out / f"seed{seed}"
     log: dict = {}
     s = args.scale
     pre = train("pre", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)], log)
-    tn = train("transfer", out, common, ["train_stage=transfer", steps(args.transfer_steps, s),
-                                         f"gan_ngf={args.gan_ngf}", f"gan_blocks={args.gan_blocks}",
-                                         f"gan_ndf={args.gan_ngf}"], log)
-    tn_args = [f"transfer_net={tn}"]
-    pre_tn = train("pre_tn", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)] + tn_args, log)
+    if args.skip_transfer:  # row 2 not run: fine-tuning starts from (1), without translation
+        pre_tn, tn_args = pre, []
+    else:
+        tn = train("transfer", out, common, ["train_stage=transfer", steps(args.transfer_steps, s),
+                                             f"gan_ngf={args.gan_ngf}", f"gan_blocks={args.gan_blocks}",
+                                             f"gan_ndf={args.gan_ngf}"], log)
+        tn_args = [f"transfer_net={tn.parent / 'best.pt'}"]
+        pre_tn = train("pre_tn", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)] + tn_args, log)
     ft_args = ["train_stage=finetune", steps(args.finetune_steps, s), f"load_model={pre_tn}",
                f"num_points={args.ft_points}"] + tn_args
-    runs = {"pre": pre, "pre_tn": pre_tn, "ft": train("ft", out, common, ft_args, log),
+    runs = {"pre": pre, **({} if args.skip_transfer else {"pre_tn": pre_tn}), "ft": train("ft", out, common, ft_args, log),
             "sup": train("sup", out, common, ["train_stage=supervised", steps(args.pretrain_steps, s)], log)}
     if not args.no_ablations:
         for name, extra in ABLATIONS.items():
@@ -123,7 +126,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--gan-ngf", type=int, default=16)
     p.add_argument("--gan-blocks", type=int, default=3)
     p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--skip-transfer", action="store_true",
+                   help="leave out row 2 (translator + pretraining with it); fine-tune from row 1")
+    p.add_argument("--stage-num", type=int, default=2, help="1 = the one-stage variant (spec 10.7)")
     args, passthrough = p.parse_known_args(argv)
+    global BRANCHES  # the headline branches are those of the last stage
+    BRANCHES = (f"s{args.stage_num}_pwe", f"s{args.stage_num}_mpe")
     out = Path(args.out)
     results = {}
     for seed in args.seeds:

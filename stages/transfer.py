@@ -139,24 +139,6 @@ def selection_key(stats: dict[str, float], step: int) -> float:
     return 1e6 * (1.0 + stats["fg_abs_nu"] + stats["fg_lost_frac"])
 
 
-class RealStream:
-    """Real crops (B, 1, S, S) for engine step `step`: batch step % spe of epoch step // spe, drawn from
-    engine.epoch_loader (deterministic order; a resumed run continues mid-epoch)."""
-
-    def __init__(self, dataset, run, batch_size: int, steps_per_epoch: int):
-        self.dataset, self.run, self.B, self.spe = dataset, run, batch_size, steps_per_epoch
-        self.it, self.next_pos = None, None
-
-    def get(self, step: int) -> Tensor:
-        from stages import engine
-        pos = divmod(step, self.spe)
-        if self.it is None or pos != self.next_pos:
-            self.it = iter(engine.epoch_loader(self.dataset, self.run, self.B, pos[0], start_batch=pos[1]))
-        batch = next(self.it)
-        self.next_pos = (pos[0], pos[1] + 1) if pos[1] + 1 < self.spe else None
-        return batch["depth"].to(self.run.device, non_blocking=True)
-
-
 def build_pose_term(cfg: Config, renderer, device: torch.device) -> Callable[[dict], PoseTerm] | None:
     """Pose consistency (spec 9.2) through the frozen pose network cfg.gan_pose_net, or None when
     w_gan_pose = 0.  Returns batch -> (translated -> unweighted L_pose); gradients reach G_A only."""
@@ -226,14 +208,14 @@ def run(cfg: Config) -> dict:
     pools = {"pool_A": ImagePool(cfg.gan_pool_size, pool_gen), "pool_B": ImagePool(cfg.gan_pool_size, pool_gen)}
     pose_for = build_pose_term(cfg, renderer, dev)
     val_clean, val_cube = held_out_synthetic(synth, cfg.val_size, cfg.seed + 104_729, dev)
-    stream, last = RealStream(real, run_, B, spe), {}
+    stream, last = engine.BatchStream(real, run_, B, spe), {}
     run_.print(f"transfer: A = synthetic clean crops (rotation {cfg.gan_synth_rotation}, occlusion "
                f"{cfg.synth_occlusion}), B = {len(real)} real '{cfg.dataset}' training crops; G ngf={cfg.gan_ngf} "
                f"blocks={cfg.gan_blocks}{' residual' if cfg.gan_residual else ''}, D ndf={cfg.gan_ndf}; batch {B}, {spe} steps/epoch, {total} steps; "
                f"pose consistency {'on' if pose_for else 'off'}")
 
     def step_fn(step: int) -> dict[str, Tensor]:
-        x_r = stream.get(step)
+        x_r = stream.batch(step)["depth"].to(run_.device, non_blocking=True)
         batch = synth.batch(B, gen, dev)
         x_s = batch["clean"]
         with run_.autocast():
