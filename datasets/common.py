@@ -8,6 +8,8 @@ labels, all in camera mm y-down and already mirrored where the dataset is mirror
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 from dataclasses import dataclass
@@ -200,14 +202,17 @@ class CropDataset(Dataset):
     """Real frames -> sample dictionaries (ARCHITECTURE.md).
 
     reader(path) -> (H, W) mm (float32 or uint16; 0 = missing), before mirroring; K (3, 3) full-frame intrinsics;
-    augment: AugmentParams for training crops or None; mirror: mirror frames about cx (the table's
-    centres and labels must already be mirrored).  Random draws use a per-process generator seeded
+    augment: AugmentParams for training crops or None; mirror: mirror about cx (spec 1.5) the frames
+    and, with them, the table's centres and labels (the table is given in the sensor's own frame).  Random draws use a per-process generator seeded
     from torch.initial_seed() (each DataLoader worker differs, reproducible under a seeded run).
     """
 
     def __init__(self, table: FrameTable, reader: Callable[[Path], np.ndarray], K: np.ndarray, *,
                  augment: AugmentParams | None = None, mirror: bool = False, fg_threshold: float = 0.99,
                  frame_hw: tuple[int, int] | None = None, size: int = CROP_SIZE, name: str = "dataset"):
+        if mirror:  # x -> -x is the 3-D form of the image mirror u -> 2cx - u
+            joints = None if table.joints_xyz is None else mirror_xyz(table.joints_xyz)
+            table = dataclasses.replace(table, centers=mirror_xyz(table.centers), joints_xyz=joints)
         self.table, self.reader, self.K = table, reader, np.asarray(K, dtype=np.float64)
         self.augment, self.mirror, self.fg_threshold = augment, mirror, fg_threshold
         self.frame_hw, self.size, self.name = frame_hw, size, name

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.centers import CENTER_CONVENTIONS, load_centers
-from datasets.common import (AugmentParams, CropDataset, FrameTable, drop_invalid, mirror_uvd, mirror_xyz,
+from datasets.common import (AugmentParams, CropDataset, FrameTable, drop_invalid,
                              select_split, uvd_px_to_xyz)
 from datasets.depth_io import DatasetError, read_png16
 from datasets.nyu import nyu_intrinsics
@@ -107,9 +107,7 @@ def build_icvl(cfg, split: str, labels: bool) -> CropDataset:
     joints = None
     if labels:
         uvd = read_labels(root, sub, names)
-        joints = uvd_px_to_xyz(mirror_uvd(uvd, cfg.cx) if cfg.mirror else uvd, K)
-    if cfg.mirror:
-        centers = mirror_xyz(centers)
+        joints = uvd_px_to_xyz(uvd, K)  # mirrored with the frames by CropDataset
     ids = np.arange(len(names), dtype=np.int64)
     cubes = np.tile(np.asarray(cfg.cube_mm, dtype=np.float64), (len(names), 1))
     table = drop_invalid(FrameTable(paths, ids, centers, cubes, joints), valid, f"icvl {sub}")

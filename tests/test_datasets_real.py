@@ -434,3 +434,32 @@ def test_msra_loader(tmp_path, monkeypatch):
     assert set(build_dataset(cfg, "train", False)[0]) == ITEM_KEYS
     with pytest.raises(DatasetError, match="P9|center_test_3_refined"):
         build_dataset(make_config(dataset="msra", data_root=str(tmp_path), msra_test_subject=3), "test", False)
+
+
+def test_mirror_moves_centres_and_labels_with_the_frames_for_every_dataset(tmp_path):
+    """mirror=true on an NYU-format set: crops, centres and labels stay consistent (x -> -x)."""
+    import dataclasses
+
+    from config import make_config
+    from datasets import build_dataset
+    from datasets.nyu import write_nyu_split
+    rng = np.random.default_rng(0)
+    frames = np.full((2, 480, 640), 2001.0)
+    joints = np.zeros((2, 36, 3))
+    centers = np.zeros((2, 3))
+    for i, (r, c) in enumerate([(200, 250), (260, 380)]):
+        frames[i, r - 30:r + 30, c - 30:c + 30] = 700.0
+        uvd = np.stack([c + rng.uniform(-20, 20, 36), r + rng.uniform(-20, 20, 36), np.full(36, 705.0)], 1)
+        joints[i] = np.stack([(uvd[:, 0] - 320) * 705 / 588.03, (uvd[:, 1] - 240) * 705 / 587.07, uvd[:, 2]], 1)
+        centers[i] = joints[i].mean(0)
+    write_nyu_split(tmp_path, "test", frames, joints, centers)
+    plain = build_dataset(make_config(["dataset=nyu", f"data_root={tmp_path}"]), "test", labels=True)
+    mirrored = build_dataset(make_config(["dataset=nyu", f"data_root={tmp_path}", "mirror=true"]), "test", labels=True)
+    for i in range(2):
+        a, b = plain[i], mirrored[i]
+        np.testing.assert_allclose(b["center"][0].numpy(), -a["center"][0].numpy(), atol=1e-4)
+        # the mirrored crop is the left-right flip of the plain one, labels flip with it
+        np.testing.assert_allclose(b["depth"][0].numpy(), a["depth"][0].numpy()[:, ::-1], atol=1e-5)
+        uvd_a, uvd_b = a["joints_uvd"].numpy(), b["joints_uvd"].numpy()
+        np.testing.assert_allclose(uvd_b[:, 0], -uvd_a[:, 0], atol=1e-4)
+        np.testing.assert_allclose(uvd_b[:, 1:], uvd_a[:, 1:], atol=1e-4)
