@@ -12,6 +12,7 @@ Works under torchrun for multi-GPU training.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from config import Config, config_from_cli
@@ -29,7 +30,26 @@ def run(cfg: Config) -> dict:
     return importlib.import_module(module).run(cfg)
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by inputs (files, datasets, checkpoints, a diverging run): their message says
+    what is wrong, so they are printed without a traceback (set DSF_TRACEBACK=1 to see it)."""
+    from datasets.depth_io import DatasetError
+    from models.mano_io import MANOFileError
+    from stages.engine import CheckpointError, NonFiniteLoss
+    return DatasetError, MANOFileError, CheckpointError, NonFiniteLoss, FileNotFoundError
+
+
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except Exception as e:
+        if os.environ.get("DSF_TRACEBACK") or not isinstance(e, user_errors()):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     if not argv:
         print("No arguments: running the quickstart demo (python train_render.py config=configs/quickstart.yaml,\n"
               "then phase=test on its checkpoint). See `python train_render.py --help` for every setting.")

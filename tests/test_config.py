@@ -92,3 +92,12 @@ def test_cli_exit_codes():
     assert r.returncode == 2
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "phase" in lines[0] and "tset" in lines[0] and "test" in lines[0]
+
+
+def test_cli_reports_input_errors_without_traceback(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    r = subprocess.run([sys.executable, "train_render.py", "phase=test", f"load_model={bad}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and f"checkpoint {bad} is corrupt" in r.stderr
