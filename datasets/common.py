@@ -284,3 +284,13 @@ class CropDataset(Dataset):
             log.warning("%s: %d of %d frames crop to no hand pixel; first ids %s", self.name, len(empty), len(self),
                         empty[:10])
         return empty
+
+
+def crop_dataset(cfg, table: FrameTable, reader: Callable[[Path], np.ndarray], K: np.ndarray, split: str,
+                 name: str) -> CropDataset:
+    """The CropDataset of a split with the config's augmentation (training split only), mirroring,
+    foreground threshold and sensor size: the common tail of every real-dataset builder."""
+    aug = AugmentParams(cfg.aug_center_shift_mm, cfg.aug_cube_scale, cfg.aug_rotation_deg) \
+        if (split == "train" and cfg.augment) else None
+    return CropDataset(table, reader, K, augment=aug, mirror=bool(cfg.mirror), fg_threshold=cfg.fg_threshold_nu,
+                       frame_hw=(cfg.image_height, cfg.image_width), name=name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.centers import CENTER_CONVENTIONS, load_centers
-from datasets.common import (AugmentParams, CropDataset, FrameTable, drop_invalid,
+from datasets.common import (CropDataset, crop_dataset, FrameTable, drop_invalid,
                              select_split, uvd_px_to_xyz)
 from datasets.depth_io import DatasetError, read_png16
 from datasets.nyu import nyu_intrinsics
@@ -112,8 +112,4 @@ def build_icvl(cfg, split: str, labels: bool) -> CropDataset:
     cubes = np.tile(np.asarray(cfg.cube_mm, dtype=np.float64), (len(names), 1))
     table = drop_invalid(FrameTable(paths, ids, centers, cubes, joints), valid, f"icvl {sub}")
     table = select_split(table, split, cfg.val_fraction, cfg.max_frames)
-    aug = AugmentParams(cfg.aug_center_shift_mm, cfg.aug_cube_scale, cfg.aug_rotation_deg) \
-        if (split == "train" and cfg.augment) else None
-    return CropDataset(table, partial(read_png16, raw=True), K, augment=aug, mirror=bool(cfg.mirror),
-                       fg_threshold=cfg.fg_threshold_nu, frame_hw=(cfg.image_height, cfg.image_width),
-                       name=f"icvl {split}")
+    return crop_dataset(cfg, table, partial(read_png16, raw=True), K, split, f"icvl {split}")

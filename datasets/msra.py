@@ -13,7 +13,7 @@ import numpy as np
 
 from config import MSRA_SUBJECT_CUBES_MM
 from datasets.centers import CENTER_CONVENTIONS, load_centers
-from datasets.common import AugmentParams, CropDataset, FrameTable, drop_invalid, select_split
+from datasets.common import CropDataset, crop_dataset, FrameTable, drop_invalid, select_split
 from datasets.depth_io import DatasetError, read_msra_bin
 from datasets.nyu import nyu_intrinsics
 
@@ -103,7 +103,4 @@ def build_msra(cfg, split: str, labels: bool) -> CropDataset:
     keep = ~np.asarray(faulty, dtype=bool)[table.ids]
     table = table.subset(np.flatnonzero(keep))
     table = select_split(table, split, cfg.val_fraction, cfg.max_frames)
-    aug = AugmentParams(cfg.aug_center_shift_mm, cfg.aug_cube_scale, cfg.aug_rotation_deg) \
-        if (split == "train" and cfg.augment) else None
-    return CropDataset(table, read_msra_bin, K, augment=aug, mirror=bool(cfg.mirror), fg_threshold=cfg.fg_threshold_nu,
-                       frame_hw=(cfg.image_height, cfg.image_width), name=f"msra fold {k} {split}")
+    return crop_dataset(cfg, table, read_msra_bin, K, split, f"msra fold {k} {split}")

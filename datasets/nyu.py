@@ -16,7 +16,7 @@ import scipy.io
 import torch
 
 from datasets.centers import CENTER_CONVENTIONS, load_centers
-from datasets.common import AugmentParams, CropDataset, FrameTable, drop_invalid, select_split
+from datasets.common import CropDataset, crop_dataset, FrameTable, drop_invalid, select_split
 from datasets.depth_io import DatasetError, read_nyu_depth, write_nyu_depth
 from datasets.joints import NYU_EVAL_IDS_36
 from render.camera import make_intrinsics, project
@@ -117,11 +117,7 @@ def build_nyu(cfg, split: str, labels: bool, name: str = "nyu") -> CropDataset:
     table = FrameTable(paths, ids, centers[ids], cubes, joints)
     table = drop_invalid(table, valid[ids], f"{name} {sub}")
     table = select_split(table, split, cfg.val_fraction, cfg.max_frames)
-    aug = AugmentParams(cfg.aug_center_shift_mm, cfg.aug_cube_scale, cfg.aug_rotation_deg) \
-        if (split == "train" and cfg.augment) else None
-    return CropDataset(table, partial(read_nyu_depth, raw=True), K, augment=aug, mirror=bool(cfg.mirror),
-                       fg_threshold=cfg.fg_threshold_nu, frame_hw=(cfg.image_height, cfg.image_width),
-                       name=f"{name} {split}")
+    return crop_dataset(cfg, table, partial(read_nyu_depth, raw=True), K, split, f"{name} {split}")
 
 
 def _fmt(v: float) -> str:
