@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from config import Config
-from datasets import build_dataset
 from losses.finetune import real_losses, synthetic_losses
 from render.camera import crop_frame_mask, crop_intrinsics
 from stages import engine
-from stages.pretrain import build_parts, finish, image_fn_for, load_transfer, make_optimizer, network_input, schedule
+from stages.pretrain import (build_network, finish, image_fn_for, load_transfer, make_optimizer, network_input,
+                             real_splits, schedule)
 
 REAL_KEYS = ("depth", "center", "cube", "M", "K")  # the only entries of a real sample the loop reads
 
@@ -68,24 +68,11 @@ def run(cfg: Config) -> dict:
 
     r = engine.setup(cfg)
     dev, B = r.device, cfg.batch_size
-    hand_model, renderer, net = build_parts(cfg, dev)
-    if cfg.load_model:
-        engine.load_weights(net, cfg.load_model, r)
-    else:
-        r.print("warning: load_model is empty: fine-tuning starts from random weights, not from pretraining")
-    model = engine.wrap_model(net, r)
+    hand_model, renderer, model = build_network(cfg, r, "finetune")
     translator = load_transfer(cfg, r)
     rotation = finetune_rotation(cfg)
     synth = SyntheticHands(cfg, hand_model, renderer, rotation)
-    if cfg.dataset == "simreal":
-        from datasets.simreal import ensure_simreal
-        ensure_simreal(cfg)
-    train_set = build_dataset(cfg, "train", labels=False)
-    val_set = build_dataset(cfg, "val", labels=False)
-    spe = len(train_set) // (B * r.world_size)
-    if spe == 0:
-        raise ValueError(f"finetune: {len(train_set)} real training frames are fewer than one batch of {B} "
-                         f"per process; lower batch_size")
+    train_set, val_set, spe = real_splits(cfg, r, "finetune", labels=False)
     total = schedule(cfg, spe)
     r.print(f"finetune: net={cfg.net}, {cfg.stage_num} stage(s), {len(train_set)} unlabeled real training frames, "
             f"{len(val_set)} held out, {spe} steps per epoch, {total} steps, synthetic view rotation {rotation}")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from config import Config
+from datasets import build_dataset
 from datasets.joints import JOINT_SETS
 from losses.pretrain import ALL_JOINTS, pretrain_losses, stage_mesh
 from models.dual_branch import DualBranchNet, decode_joints
@@ -39,6 +40,34 @@ def build_parts(cfg: Config, device: torch.device):
     hand_model = build_hand_model(cfg).to(device)
     renderer = HandRenderer(hand_model)
     return hand_model, renderer, DualBranchNet(cfg, renderer).to(device)
+
+
+def build_network(cfg: Config, r: engine.Run, stage: str):
+    """build_parts on the run's device, cfg.load_model's weights (warned when a stage that expects
+    them has none) and the (possibly DDP-wrapped) training model: (hand_model, renderer, model)."""
+    hand_model, renderer, net = build_parts(cfg, r.device)
+    if cfg.load_model:
+        engine.load_weights(net, cfg.load_model, r)
+    elif stage == "finetune":
+        r.print("warning: load_model is empty: fine-tuning starts from random weights, not from pretraining")
+    return hand_model, renderer, engine.wrap_model(net, r)
+
+
+def real_splits(cfg: Config, r: engine.Run, stage: str, labels: bool):
+    """(train set, val set, steps per epoch) of the real dataset for `stage`; generates the simreal set
+    on first use; a train split smaller than one batch per process is a clear error."""
+    if cfg.dataset == "simreal":
+        from datasets.simreal import ensure_simreal
+        if r.is_main:
+            ensure_simreal(cfg)
+        r.barrier()
+    train_set = build_dataset(cfg, "train", labels=labels)
+    val_set = build_dataset(cfg, "val", labels=labels)
+    spe = len(train_set) // (cfg.batch_size * r.world_size)
+    if spe == 0:
+        raise ValueError(f"{stage}: {len(train_set)} real training frames are fewer than one batch of "
+                         f"{cfg.batch_size} per process; lower batch_size")
+    return train_set, val_set, spe
 
 
 def load_transfer(cfg: Config, run: engine.Run):
@@ -141,10 +170,7 @@ def run_pretrain(cfg: Config) -> dict:
     from datasets.synthetic import SyntheticHands
     r = engine.setup(cfg)
     dev, B = r.device, cfg.batch_size
-    hand_model, renderer, net = build_parts(cfg, dev)
-    if cfg.load_model:
-        engine.load_weights(net, cfg.load_model, r)
-    model = engine.wrap_model(net, r)
+    hand_model, renderer, model = build_network(cfg, r, "pretrain")
     translator = load_transfer(cfg, r)
     synth = SyntheticHands(cfg, hand_model, renderer, pretrain_rotation(cfg))
     val_set = synthetic_val_set(synth, translator, cfg, dev) if r.is_main and cfg.val_size > 0 else []
@@ -181,25 +207,13 @@ def real_batch(batch: dict, ids_ds: list[int], net_ids: list[int], device) -> di
 
 
 def run_supervised(cfg: Config) -> dict:
-    from datasets import build_dataset
     r = engine.setup(cfg)
     dev, B = r.device, cfg.batch_size
-    if cfg.dataset == "simreal":
-        from datasets.simreal import ensure_simreal
-        ensure_simreal(cfg)
     jset = JOINT_SETS[cfg.preset().joint_set]
     ids_ds = [i for i, k in enumerate(jset.to_network) if k is not None]
     net_ids = [jset.to_network[i] for i in ids_ds]
-    hand_model, renderer, net = build_parts(cfg, dev)
-    if cfg.load_model:
-        engine.load_weights(net, cfg.load_model, r)
-    model = engine.wrap_model(net, r)
-    train_set = build_dataset(cfg, "train", labels=True)
-    val_set = build_dataset(cfg, "val", labels=True)
-    spe = len(train_set) // (B * r.world_size)
-    if spe == 0:
-        raise ValueError(f"supervised: {len(train_set)} training frames are fewer than one batch of {B} per "
-                         f"process; lower batch_size")
+    hand_model, renderer, model = build_network(cfg, r, "supervised")
+    train_set, val_set, spe = real_splits(cfg, r, "supervised", labels=True)
     total = schedule(cfg, spe)
     r.print(f"supervised: {len(train_set)} labelled {cfg.dataset} training frames ({len(net_ids)} of "
             f"{jset.num_joints} {jset.name} joints have a network counterpart), {len(val_set)} held out, "

@@ -169,7 +169,8 @@ def test_finetune_step_runs_changes_weights_and_never_reads_labels(tmp_path, mon
         assert labels is False and split in ("train", "val")
         return GuardDataset(real, 2)
 
-    monkeypatch.setattr(ft, "build_dataset", fake_build_dataset)
+    import stages.pretrain
+    monkeypatch.setattr(stages.pretrain, "build_dataset", fake_build_dataset)  # real_splits' loader
     result = ft.run(cfg)
     assert sorted(calls) == [("train", False), ("val", False)]
     assert result["step"] == 1 and math.isfinite(result["last_losses"]["loss"])

@@ -170,7 +170,6 @@ class _LabelledNyuLike(torch.utils.data.Dataset):
 
 
 def test_supervised_stage_uses_mapped_real_labels(tmp_path, monkeypatch):
-    import datasets
     from stages import pretrain
     cfg = _stage_cfg(tmp_path, dataset="nyu", train_stage="supervised", stage_num=1, max_steps=2)
     sets = {"train": _LabelledNyuLike(cfg, 4, 1), "val": _LabelledNyuLike(cfg, 2, 2)}
@@ -180,7 +179,7 @@ def test_supervised_stage_uses_mapped_real_labels(tmp_path, monkeypatch):
         calls.append((split, labels))
         return sets[split]
 
-    monkeypatch.setattr(datasets, "build_dataset", fake_build)
+    monkeypatch.setattr(pretrain, "build_dataset", fake_build)
     out = pretrain.run(cfg)
     assert calls == [("train", True), ("val", True)]
     assert set(out["last_losses"]) == {"loss", "s1/maps", "s1/pwe_joints", "s1/mpe_joints", "s1/shape_prior",
