@@ -176,7 +176,7 @@ class Config:
     gan_ngf: int = opt(64, "translator generator base width (64 = original; smaller trains on CPU)")
     gan_blocks: int = opt(9, "translator generator residual blocks (9 = original)")
     gan_ndf: int = opt(64, "PatchGAN discriminator base width")
-    gan_residual: bool = opt(False, "design option (not the original): generator output = clamp(x + net(x), -1, 1) without tanh, so a reduced CPU-trained generator starts near identity")
+    gan_residual: bool = opt(False, "design option (not the original): generator output = clamp(x + net(x), -1, 1) (straight-through gradient) without tanh, so a reduced CPU-trained generator starts at the identity")
     gan_lr: float = opt(2e-4, "translator Adam learning rate")
     gan_beta1: float = opt(0.5, "translator Adam beta1")
     gan_beta2: float = opt(0.999, "translator Adam beta2")

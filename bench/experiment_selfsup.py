@@ -33,9 +33,9 @@ from config import make_config  # noqa: E402
 from train_render import run as run_stage  # noqa: E402
 
 ABLATIONS = {
-    "ft_no_fitting": ["w_render=0", "w_data_mesh=0", "w_part_mesh=0"],
-    "ft_no_inter_branch": ["w_pixel_to_model=0", "w_model_to_pixel=0"],
-    "ft_no_distillation": ["w_distill=0"],
+    "fitting": ["w_render=0", "w_data_mesh=0", "w_part_mesh=0"],
+    "inter_branch": ["w_pixel_to_model=0", "w_model_to_pixel=0"],
+    "distillation": ["w_distill=0"],   # stage 2 -> stage 1: exists only with two stages
 }
 BRANCHES = ("s2_pwe", "s2_mpe")
 
@@ -73,16 +73,20 @@ def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
     else:
         tn = train("transfer", out, common, ["train_stage=transfer", steps(args.transfer_steps, s),
                                              f"gan_ngf={args.gan_ngf}", f"gan_blocks={args.gan_blocks}",
-                                             f"gan_ndf={args.gan_ngf}"], log)
+                                             f"gan_ndf={args.gan_ndf}", f"gan_batch_size={args.gan_batch_size}",
+                                             f"gan_lr={args.gan_lr}", f"gan_residual={args.gan_residual}",
+                                             f"w_gan_idt={args.gan_idt}"], log)
         tn_args = [f"transfer_net={tn.parent / 'best.pt'}"]
         pre_tn = train("pre_tn", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)] + tn_args, log)
     ft_args = ["train_stage=finetune", steps(args.finetune_steps, s), f"load_model={pre_tn}",
                f"num_points={args.ft_points}"] + tn_args
     runs = {"pre": pre, **({} if args.skip_transfer else {"pre_tn": pre_tn}), "ft": train("ft", out, common, ft_args, log),
             "sup": train("sup", out, common, ["train_stage=supervised", steps(args.pretrain_steps, s)], log)}
-    if not args.no_ablations:
-        for name, extra in ABLATIONS.items():
-            runs[name] = train(name, out, common, ft_args + extra, log)
+    for family in args.ablations:
+        if family == "distillation" and args.stage_num == 1:
+            print("experiment: no distillation ablation with stage_num=1 (one stage has no stage-2 teacher)")
+            continue
+        runs[f"ft_no_{family}"] = train(f"ft_no_{family}", out, common, ft_args + ABLATIONS[family], log)
     errors = {name: evaluate(name, ckpt, out, common) for name, ckpt in runs.items()}
     gap = {}
     for b in BRANCHES:
@@ -119,13 +123,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every step budget")
     p.add_argument("--pretrain-steps", type=int, default=600)
-    p.add_argument("--transfer-steps", type=int, default=300)
+    p.add_argument("--transfer-steps", type=int, default=2000)
     p.add_argument("--finetune-steps", type=int, default=150)
     p.add_argument("--ft-points", type=int, default=512,
                    help="points per crop for the point-to-mesh terms (spec: 2048; 512 keeps CPU runs affordable)")
-    p.add_argument("--gan-ngf", type=int, default=16)
-    p.add_argument("--gan-blocks", type=int, default=3)
-    p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--gan-ngf", type=int, default=8, help="translator generator width (spec: 64)")
+    p.add_argument("--gan-blocks", type=int, default=2, help="translator residual blocks (spec: 9)")
+    p.add_argument("--gan-ndf", type=int, default=16, help="translator discriminator width (spec: 64)")
+    p.add_argument("--gan-batch-size", type=int, default=2)
+    p.add_argument("--gan-lr", type=float, default=5e-4)
+    p.add_argument("--gan-residual", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                   help="residual generator (design option that trains on CPU; the original is false)")
+    p.add_argument("--gan-idt", type=float, default=0.0, help="identity weight (spec 5; 0 for the residual generator)")
+    p.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS),
+                   help="loss families removed one at a time from (3); none = no ablation rows")
     p.add_argument("--skip-transfer", action="store_true",
                    help="leave out row 2 (translator + pretraining with it); fine-tune from row 1")
     p.add_argument("--stage-num", type=int, default=2, help="1 = the one-stage variant (spec 10.7)")

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-RESIDUAL_LIMIT = 0.995  # residual option: inputs clamped to +-this before atanh (background -> 0.995)
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:
     """Xavier-normal init (gain 0.02) for conv weights, zero biases; spec 9.1 (inferred)."""
@@ -25,6 +24,33 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> None:
 def _norm(ch: int) -> nn.Module:
     """InstanceNorm without affine parameters or running statistics."""
     return nn.InstanceNorm2d(ch, affine=False, track_running_stats=False)
+
+
+class _RestoringClamp(torch.autograd.Function):
+    """clamp(z, lo, hi); backward passes the gradient inside [lo, hi] and, outside, only where a
+    descent step moves z back toward the range (never further out, where nothing would change)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, lo: float, hi: float) -> Tensor:
+        ctx.save_for_backward(z)
+        ctx.lo, ctx.hi = lo, hi
+        return z.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (z,) = ctx.saved_tensors
+        passes = ((z >= ctx.lo) & (z <= ctx.hi)) | ((z > ctx.hi) & (grad > 0)) | ((z < ctx.lo) & (grad < 0))
+        return grad * passes, None, None
+
+
+def restoring_clamp(z: Tensor, lo: float = -1.0, hi: float = 1.0) -> Tensor:
+    """clamp(z, lo, hi) whose gradient can pull clamped values back into the range: (any) -> same shape.
+
+    A plain clamp has zero gradient on the +1 background of a residual generator (x + r with r > 0),
+    so nothing could draw there; a straight-through clamp lets losses push r without bound while the
+    output stays +1 (measured: the CPU translator collapsed to all-background within 200 steps).
+    """
+    return _RestoringClamp.apply(z, lo, hi)
 
 
 class ResnetBlock(nn.Module):
@@ -45,10 +71,10 @@ class ResnetGenerator(nn.Module):
 
     ngf=64, n_blocks=9, residual=False is the original; S must be divisible by 4.  Smaller `ngf` /
     `n_blocks` give the CPU-trainable variant with the same structure.  residual=True (design option,
-    not the original) adds the network's pre-tanh output to the input's: tanh(atanh(x') + net(x)),
-    x' = x clamped to +-RESIDUAL_LIMIT, so the generator starts at the identity (background +1 maps
-    to RESIDUAL_LIMIT >= the 0.99 threshold) and every pixel keeps a gradient.  Measured in
-    bench/bench_transfer.py (CPU, ngf 8, 1191 steps): it stayed at the identity (no translation).
+    not the original) outputs clamp(x + net(x), -1, 1) without tanh, so the generator starts at the
+    identity and a small CPU-trained generator need not relearn the hand.  The clamp is
+    `restoring_clamp`: a tanh or a plain clamp would flatten the gradient exactly on the +1
+    background, where the real-domain artefacts (forearm, flying pixels, clutter) have to be drawn.
     """
 
     def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9, residual: bool = False):
@@ -71,8 +97,7 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.residual:
-            base = torch.atanh(x.clamp(-RESIDUAL_LIMIT, RESIDUAL_LIMIT))
-            return torch.tanh(base + self.model(x))
+            return restoring_clamp(x + self.model(x))
         return self.model(x)
 
 

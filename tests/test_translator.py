@@ -304,3 +304,33 @@ def test_residual_option_round_trip(tmp_path):
     torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, tmp_path / "r.pt")
     G = load_translator(str(tmp_path / "r.pt"))
     assert G.residual and torch.equal(translate(G, x), model.G_A(x).detach())
+
+
+def test_restoring_clamp_gradient_only_toward_the_range():
+    """restoring_clamp: forward = clamp; backward passes inside the range, and outside only the
+    gradients whose descent step moves the value back in (checked against the definition)."""
+    from models.translator import restoring_clamp
+    z = torch.tensor([-1.5, -0.5, 0.0, 0.9, 1.2, 1.2, -1.5], requires_grad=True)
+    up = torch.tensor([1.0, 1.0, -1.0, 2.0, 1.0, -1.0, -1.0])    # d loss / d output
+    y = restoring_clamp(z)
+    assert torch.equal(y.detach(), z.detach().clamp(-1, 1))
+    (y * up).sum().backward()
+    # descent moves z by -grad: at 1.2 a positive grad lowers it (passes), a negative one would raise it
+    assert z.grad.tolist() == [0.0, 1.0, -1.0, 2.0, 1.0, 0.0, -1.0]
+
+
+def test_residual_generator_can_draw_on_the_background():
+    """A loss that wants the +1 background nearer reaches the generator's last layer (a plain clamp
+    or tanh would give ~0 there), and one that wants it farther does not (nothing would change)."""
+    from models.translator import ResnetGenerator
+    torch.manual_seed(0)
+    G = ResnetGenerator(ngf=4, n_blocks=1, residual=True)
+    with torch.no_grad():
+        G.model[-1].bias.fill_(0.1)                        # every background pixel clamped at +1
+    x = blob_crops(2, 32)
+    bg = (x >= FG).float()
+    (G(x) * bg).sum().backward()                           # wants background nearer (lower)
+    assert G.model[-1].bias.grad.item() > 0                # descent lowers the bias: drawing is possible
+    G.zero_grad()
+    (-G(x) * bg).sum().backward()                          # wants it farther: already at +1
+    assert G.model[-1].bias.grad.item() == 0.0
