@@ -190,6 +190,7 @@ class Config:
     w_gan_fg: float = opt(10.0, "translator weight: foreground-depth consistency on the synthetic hand mask")
     w_gan_fg_sym: float = opt(0.0, "translator weight: symmetric foreground consistency for G_B (0 = off)")
     w_gan_pose: float = opt(0.0, "translator weight: pose consistency through gan_pose_net (0 = off; spec uses 1)")
+    gan_fg_tolerance_mm: float = opt(0.0, "translator: hand-consistency tolerance; |G_A(x)-x| on the hand is free up to this (0 = the original plain L1)")
     gan_mask_erode_px: int = opt(0, "erode the synthetic hand mask by this many pixels before L_fg (spec option: 1)")
     gan_snap_background: bool = opt(True, "set translated values >= fg_threshold_nu to +1 when the translator is applied")
     gan_pose_net: str = opt("", "frozen pose-network checkpoint (pretrained untranslated) for the pose-consistency term")

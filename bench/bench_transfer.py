@@ -158,6 +158,38 @@ def seconds_per_step(cfg: Config, device: torch.device, reps: int = 3) -> float:
     return float(np.median(times[1:]))
 
 
+# ---- stuck-at-identity diagnosis ------------------------------------------------------------------------
+def escape_test(ckpt: Path, cfg: Config, xs: Tensor, xr: Tensor, cube: Tensor, steps: int = 10
+                ) -> dict[str, dict[str, float]]:
+    """Why a generator stays at the identity: from a transfer checkpoint, take `steps` Adam steps on
+    G_A only (discriminators frozen) with (a) the adversarial term alone and (b) the full generator
+    objective, and report how far G_A(xs) moves from xs on the hand mask and on the background (nu)
+    and the adversarial term before/after.  (a) moving and (b) not means the consistency/cycle terms,
+    not a weak discriminator, hold the generator at the identity."""
+    from stages.engine import load_checkpoint
+    from stages.transfer import ConsisCycleGAN, cyclegan_losses, fg_tolerance_nu
+    hand, bg = xs < FG, xs >= FG
+    report = {}
+    for name in ("adversarial_only", "full_objective"):
+        model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual)
+        model.load_state_dict(load_checkpoint(ckpt)["model"])
+        opt = torch.optim.Adam(model.G_A.parameters(), lr=cfg.gan_lr, betas=(cfg.gan_beta1, cfg.gan_beta2))
+        advs = []
+        for _ in range(steps + 1):
+            t = cyclegan_losses(model(xs, xr, identity=cfg.w_gan_idt > 0), xs, xr, cfg,
+                                fg_tol_nu=fg_tolerance_nu(cfg, cube))
+            advs.append(float(t["adv_A"]))
+            loss = t["adv_A"] if name == "adversarial_only" else t["G"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            d = (model.G_A(xs) - xs).abs()
+        report[name] = {"adv_before": advs[0], "adv_after": advs[-1], "hand_change_nu": float(d[hand].mean()),
+                        "background_change_nu": float(d[bg].mean())}
+    return report
+
+
 # ---- main ---------------------------------------------------------------------------------------------
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,6 +204,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n-eval", type=int, default=1000, help="held-out synthetic crops")
     ap.add_argument("--clf-steps", type=int, default=300)
     ap.add_argument("--skip-train", action="store_true", help="evaluate an existing <out>/latest.pt")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="only run escape_test on <out>/latest.pt (is the generator held at the identity?)")
     args, extra = ap.parse_known_args(argv)
     out = Path(args.out)
     base = ["dataset=simreal", "phase=train", "train_stage=transfer", f"out_dir={out}", "num_workers=0",
@@ -185,6 +219,16 @@ def main(argv: list[str]) -> int:
     ensure_simreal(cfg)
     device = select_device(cfg.device)
     report: dict = {"command": "python bench/bench_transfer.py " + " ".join(argv), "train": {}}
+    if args.diagnose:
+        xs, cube_z = synthetic_crops(cfg, 8, cfg.seed + 7_777_777, device)
+        cube = torch.stack([cube_z] * 3, dim=1).to(device)
+        res = escape_test(out / "latest.pt", cfg, xs.to(device), real_crops(cfg, "test", 8).to(device), cube)
+        print("| G_A trained 10 steps on | adv before | adv after | hand change (nu) | background change (nu) |\n"
+              "|---|---|---|---|---|")
+        for k, v in res.items():
+            print(f"| {k} | {v['adv_before']:.3f} | {v['adv_after']:.3f} | {v['hand_change_nu']:.4f} | "
+                  f"{v['background_change_nu']:.4f} |")
+        return 0
     if not args.skip_train:
         sps = seconds_per_step(cfg, device)
         steps = max(1, int(args.minutes * 60 / sps))

@@ -80,8 +80,9 @@ def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
         pre_tn = train("pre_tn", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)] + tn_args, log)
     ft_args = ["train_stage=finetune", steps(args.finetune_steps, s), f"load_model={pre_tn}",
                f"num_points={args.ft_points}"] + tn_args
-    runs = {"pre": pre, **({} if args.skip_transfer else {"pre_tn": pre_tn}), "ft": train("ft", out, common, ft_args, log),
-            "sup": train("sup", out, common, ["train_stage=supervised", steps(args.pretrain_steps, s)], log)}
+    runs = {"pre": pre, **({} if args.skip_transfer else {"pre_tn": pre_tn}), "ft": train("ft", out, common, ft_args, log)}
+    if not args.skip_sup:
+        runs["sup"] = train("sup", out, common, ["train_stage=supervised", steps(args.pretrain_steps, s)], log)
     for family in args.ablations:
         if family == "distillation" and args.stage_num == 1:
             print("experiment: no distillation ablation with stage_num=1 (one stage has no stage-2 teacher)")
@@ -90,7 +91,7 @@ def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
     errors = {name: evaluate(name, ckpt, out, common) for name, ckpt in runs.items()}
     gap = {}
     for b in BRANCHES:
-        e1, e3, e4 = errors["pre"].get(b), errors["ft"].get(b), errors["sup"].get(b)
+        e1, e3, e4 = errors["pre"].get(b), errors["ft"].get(b), errors.get("sup", {}).get(b)
         if None not in (e1, e3, e4) and abs(e1 - e4) > 1e-9:
             gap[b] = round((e1 - e3) / (e1 - e4), 4)
     return {"errors_mm": errors, "gap_closed": gap, "timing": log}
@@ -139,8 +140,10 @@ def main(argv: list[str]) -> int:
                    help="loss families removed one at a time from (3); none = no ablation rows")
     p.add_argument("--skip-transfer", action="store_true",
                    help="leave out row 2 (translator + pretraining with it); fine-tune from row 1")
+    p.add_argument("--skip-sup", action="store_true", help="leave out row 4 (and so the gap share)")
     p.add_argument("--stage-num", type=int, default=2, help="1 = the one-stage variant (spec 10.7)")
-    args, passthrough = p.parse_known_args(argv)
+    passthrough = [a for a in argv if "=" in a and not a.startswith("-")]   # key=value, in any position
+    args = p.parse_args([a for a in argv if a not in passthrough])
     global BRANCHES  # the headline branches are those of the last stage
     BRANCHES = (f"s{args.stage_num}_pwe", f"s{args.stage_num}_mpe")
     out = Path(args.out)

@@ -58,14 +58,18 @@ def masked_l1(a: Tensor, b: Tensor, mask: Tensor, count: Tensor | None = None) -
 
 
 def foreground_consistency(translated: Tensor, source: Tensor, fg_threshold: float,
-                           erode_px: int = 0) -> Tensor:
-    """L_fg (unweighted): mean |G_A(x_s) - x_s| over the synthetic hand mask H of x_s -> scalar.
+                           erode_px: int = 0, tolerance_nu: Tensor | float = 0.0) -> Tensor:
+    """L_fg (unweighted): mean max(0, |G_A(x_s) - x_s| - tol) over the synthetic hand mask H of x_s.
 
-    translated, source (B, 1, S, S).  Exactly 0 when the generator keeps every hand pixel, whatever
-    it does off the mask (background, sensor artefacts, eroded edge pixels).
+    translated, source (B, 1, S, S); tolerance_nu a float or (B, 1, 1, 1) per-sample tolerance in
+    normalized units (0 = the original plain L1).  Exactly 0 when the generator keeps every hand
+    pixel within tol, whatever it does off the mask (background, artefacts, eroded edge pixels).
+    A tolerance lets sensor-like noise onto the hand: with tol = 0 the constant L1 gradient holds a
+    residual generator at the identity (bench/bench_transfer.py --diagnose).
     """
     mask = hand_mask(source, fg_threshold, erode_px)
-    return masked_l1(translated, source, mask)
+    excess = ((translated - source).abs() - tolerance_nu).clamp(min=0.0)
+    return masked_l1(excess, torch.zeros_like(excess), mask)
 
 
 def symmetric_foreground_consistency(translated: Tensor, source: Tensor, fg_threshold: float) -> Tensor:

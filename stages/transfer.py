@@ -65,12 +65,20 @@ class ConsisCycleGAN(nn.Module):
         return out
 
 
+def fg_tolerance_nu(cfg: Config, cube: Tensor) -> Tensor:
+    """cfg.gan_fg_tolerance_mm in normalized depth units per sample (1 nu = half the cube's z edge):
+    cube (B, 3) mm -> (B, 1, 1, 1)."""
+    return (cfg.gan_fg_tolerance_mm / (0.5 * cube[:, 2])).reshape(-1, 1, 1, 1)
+
+
 def cyclegan_losses(out: dict[str, Tensor], x_s: Tensor, x_r: Tensor, cfg: Config,
-                    pose_term: PoseTerm | None = None) -> dict[str, Tensor]:
-    """Spec 9.2 objective: 'loss' = L_G + L_D (weights from cfg) plus every unweighted term."""
+                    pose_term: PoseTerm | None = None, fg_tol_nu: Tensor | float = 0.0) -> dict[str, Tensor]:
+    """Spec 9.2 objective: 'loss' = L_G + L_D (weights from cfg) plus every unweighted term;
+    fg_tol_nu = the hand-consistency tolerance (fg_tolerance_nu of the synthetic batch)."""
     t = {"adv_A": lsgan_generator_loss(out["g_D_A"]), "adv_B": lsgan_generator_loss(out["g_D_B"]),
          "cyc": cycle_loss(out["reconstructed"], x_s) + cycle_loss(out["real_reconstructed"], x_r),
-         "fg": foreground_consistency(out["translated"], x_s, cfg.fg_threshold_nu, cfg.gan_mask_erode_px)}
+         "fg": foreground_consistency(out["translated"], x_s, cfg.fg_threshold_nu, cfg.gan_mask_erode_px,
+                                      fg_tol_nu)}
     g = cfg.w_gan_adv * (t["adv_A"] + t["adv_B"]) + cfg.w_gan_cyc * t["cyc"] + cfg.w_gan_fg * t["fg"]
     if "idt_A" in out:
         t["idt"] = identity_loss(out["idt_A"], x_r) + identity_loss(out["idt_B"], x_s)
@@ -220,7 +228,8 @@ def run(cfg: Config) -> dict:
         x_s = batch["clean"]
         with run_.autocast():
             out = net(x_s, x_r, pools["pool_A"], pools["pool_B"], identity=cfg.w_gan_idt > 0)
-        losses = cyclegan_losses(out, x_s, x_r, cfg, pose_for(batch) if pose_for else None)
+        losses = cyclegan_losses(out, x_s, x_r, cfg, pose_for(batch) if pose_for else None,
+                                 fg_tolerance_nu(cfg, batch["cube"]))
         last.update(synthetic=x_s, real=x_r, **{k: out[k] for k in ("translated", "reconstructed", "real_to_synthetic")})
         return losses
 
