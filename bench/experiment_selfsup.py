@@ -45,12 +45,13 @@ def steps(base: int, scale: float) -> str:
 
 
 def train(name: str, out: Path, common: list[str], extra: list[str], log: dict) -> Path:
-    """Run one training stage unless its latest.pt exists; returns that checkpoint."""
+    """Run one training stage; an existing latest.pt is resumed (a finished stage returns at once,
+    an interrupted one continues from its last checkpoint).  Returns that checkpoint."""
     ckpt = out / name / "latest.pt"
-    if not ckpt.is_file():
-        t0 = time.time()
-        run_stage(make_config(common + extra + [f"out_dir={out / name}"]))
-        log[name] = {"train_seconds": round(time.time() - t0, 1)}
+    resume = [f"resume={ckpt.is_file()}"]
+    t0 = time.time()
+    run_stage(make_config(common + extra + [f"out_dir={out / name}"] + resume))
+    log[name] = {"train_seconds": round(time.time() - t0, 1)}
     return ckpt
 
 

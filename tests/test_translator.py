@@ -88,6 +88,25 @@ def test_fg_consistency_positive_for_hand_change():
     assert foreground_consistency(one_px, x, FG).item() == pytest.approx(0.5 / mask.sum().item(), rel=1e-5)
 
 
+def test_fg_consistency_tolerance_is_a_hinge_per_sample():
+    """gan_fg_tolerance_mm: deviations up to the tolerance cost nothing, beyond it the excess counts;
+    the per-sample tolerance in nu is tol_mm / (cube_z / 2)."""
+    from stages.transfer import fg_tolerance_nu
+    x = blob_crops(2, 32)
+    mask = hand_mask(x, FG)
+    noisy = torch.where(mask, x + 0.02 * torch.sign(torch.randn_like(x)), x)
+    assert foreground_consistency(noisy, x, FG, tolerance_nu=0.03).item() == 0.0
+    assert foreground_consistency(noisy, x, FG, tolerance_nu=0.015).item() == pytest.approx(0.005, abs=1e-6)
+    cfg = tiny_cfg(gan_fg_tolerance_mm=3.0)
+    tol = fg_tolerance_nu(cfg, torch.tensor([[250.0, 250.0, 300.0], [150.0, 150.0, 200.0]]))
+    assert tol.shape == (2, 1, 1, 1) and torch.allclose(tol.flatten(), torch.tensor([0.02, 0.03]))
+    # sample 0 (tol 0.02) keeps its 0.02 deviations free, sample 1 (tol 0.03) too; 0.025 only costs in sample 0
+    dev = torch.where(mask, x + 0.025, x)
+    per = foreground_consistency(dev, x, FG, tolerance_nu=tol).item()
+    n0, n = mask[0].sum().item(), mask.sum().item()
+    assert per == pytest.approx(0.005 * n0 / n, rel=1e-4)
+
+
 def test_erosion_frees_edge_pixels():
     x = blob_crops(2, 32)
     full, inner = hand_mask(x, FG), hand_mask(x, FG, erode_px=1)
