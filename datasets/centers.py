@@ -117,6 +117,16 @@ def looks_like_uvd(values: np.ndarray, valid: np.ndarray, width: int, height: in
     return False
 
 
+def split_center_file(cfg, split: str, default: str | Path, dataset: str, layout: str) -> Path:
+    """The refined-centre file of `split` ('test' or a training split): cfg.center_file_test /
+    cfg.center_file_train when set, else `default`; a missing file is a DatasetError naming the
+    expected `layout`."""
+    path = Path((cfg.center_file_test if split == "test" else cfg.center_file_train) or default)
+    if not path.is_file():
+        raise DatasetError(f"{dataset}: centre file not found: {path}\n{layout}")
+    return path
+
+
 def load_centers(path: str | Path, convention: CenterConvention, K: np.ndarray, width: int, height: int,
                  fmt: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Read a refined-centre file -> (centres (N, 3) camera mm y-down, NaN where invalid; valid (N,)).

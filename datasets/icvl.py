@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.centers import CENTER_CONVENTIONS, load_centers
+from datasets.centers import CENTER_CONVENTIONS, load_centers, split_center_file
 from datasets.common import (CropDataset, crop_dataset, FrameTable, drop_invalid,
                              select_split, uvd_px_to_xyz)
 from datasets.depth_io import DatasetError, read_png16
@@ -95,10 +95,7 @@ def build_icvl(cfg, split: str, labels: bool) -> CropDataset:
     base = root / ("Testing" if sub == "test" else "Training")
     paths = [base / "Depth" / n for n in names]
     K = nyu_intrinsics(cfg)
-    cfile = Path((cfg.center_file_test if sub == "test" else cfg.center_file_train) or
-                 base / f"center_{sub}_refined.txt")
-    if not cfile.is_file():
-        raise DatasetError(f"icvl: centre file not found: {cfile}\n{EXPECTED_TREE}")
+    cfile = split_center_file(cfg, sub, base / f"center_{sub}_refined.txt", "icvl", EXPECTED_TREE)
     centers, valid = load_centers(cfile, CENTER_CONVENTIONS["icvl"], K, cfg.image_width, cfg.image_height,
                                   getattr(cfg, "center_format", "auto"))
     if len(centers) != len(names):

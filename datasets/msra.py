@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from config import MSRA_SUBJECT_CUBES_MM
-from datasets.centers import CENTER_CONVENTIONS, load_centers
+from datasets.centers import CENTER_CONVENTIONS, load_centers, split_center_file
 from datasets.common import CropDataset, crop_dataset, FrameTable, drop_invalid, select_split
 from datasets.depth_io import DatasetError, read_msra_bin
 from datasets.nyu import nyu_intrinsics
@@ -88,10 +88,7 @@ def build_msra(cfg, split: str, labels: bool) -> CropDataset:
             cube = cfg.cube_mm if sub == "test" else [MSRA_SUBJECT_CUBES_MM[s]] * 3
             cubes += [cube] * len(ps)
     K = nyu_intrinsics(cfg)
-    cfile = Path((cfg.center_file_test if sub == "test" else cfg.center_file_train) or
-                 root / f"center_{sub}_{k}_refined.txt")
-    if not cfile.is_file():
-        raise DatasetError(f"msra: centre file not found: {cfile}\n{EXPECTED_TREE}")
+    cfile = split_center_file(cfg, sub, root / f"center_{sub}_{k}_refined.txt", "msra", EXPECTED_TREE)
     centers, valid = load_centers(cfile, CENTER_CONVENTIONS["msra"], K, cfg.image_width, cfg.image_height,
                                   getattr(cfg, "center_format", "auto"))
     if len(centers) != len(paths):

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.io
 import torch
 
-from datasets.centers import CENTER_CONVENTIONS, load_centers
+from datasets.centers import CENTER_CONVENTIONS, load_centers, split_center_file
 from datasets.common import CropDataset, crop_dataset, FrameTable, drop_invalid, select_split
 from datasets.depth_io import DatasetError, read_nyu_depth, write_nyu_depth
 from datasets.joints import NYU_EVAL_IDS_36
@@ -96,11 +96,7 @@ def build_nyu(cfg, split: str, labels: bool, name: str = "nyu") -> CropDataset:
     if not paths:
         raise DatasetError(f"{name}: no depth_{cfg.nyu_view}_*.png frames in {split_dir}\n{EXPECTED_TREE}")
     K = nyu_intrinsics(cfg)
-    cfile = (cfg.center_file_test if sub == "test" else cfg.center_file_train) or \
-        default_center_file(root, sub, cfg.nyu_view)
-    cfile = Path(cfile)
-    if not cfile.is_file():
-        raise DatasetError(f"{name}: centre file not found: {cfile}\n{EXPECTED_TREE}")
+    cfile = split_center_file(cfg, sub, default_center_file(root, sub, cfg.nyu_view), name, EXPECTED_TREE)
     centers, valid = load_centers(cfile, center_convention(cfile), K, cfg.image_width, cfg.image_height,
                                   getattr(cfg, "center_format", "auto"))
     if ids[-1] >= len(centers):

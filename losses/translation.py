@@ -50,11 +50,15 @@ def hand_mask(x: Tensor, fg_threshold: float, erode_px: int = 0) -> Tensor:
     return erode_mask(x < fg_threshold, erode_px)
 
 
+def masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
+    """sum_{p in mask} values / count (default |mask|); 0 (with gradient graph) for an empty mask."""
+    n = mask.sum() if count is None else count
+    return (values * mask.to(values.dtype)).sum() / n.clamp(min=1).to(values.dtype)
+
+
 def masked_l1(a: Tensor, b: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
     """sum_{p in mask} |a - b| / count (default |mask|); 0 (with gradient graph) for an empty mask."""
-    n = mask.sum() if count is None else count
-    total = ((a - b).abs() * mask.to(a.dtype)).sum()
-    return total / n.clamp(min=1).to(a.dtype)
+    return masked_mean((a - b).abs(), mask, count)
 
 
 def foreground_consistency(translated: Tensor, source: Tensor, fg_threshold: float,
@@ -69,7 +73,7 @@ def foreground_consistency(translated: Tensor, source: Tensor, fg_threshold: flo
     """
     mask = hand_mask(source, fg_threshold, erode_px)
     excess = ((translated - source).abs() - tolerance_nu).clamp(min=0.0)
-    return masked_l1(excess, torch.zeros_like(excess), mask)
+    return masked_mean(excess, mask)
 
 
 def symmetric_foreground_consistency(translated: Tensor, source: Tensor, fg_threshold: float) -> Tensor:

@@ -53,14 +53,20 @@ def build_network(cfg: Config, r: engine.Run, stage: str):
     return hand_model, renderer, engine.wrap_model(net, r)
 
 
-def real_splits(cfg: Config, r: engine.Run, stage: str, labels: bool):
-    """(train set, val set, steps per epoch) of the real dataset for `stage`; generates the simreal set
-    on first use; a train split smaller than one batch per process is a clear error."""
+def ensure_real_data(cfg: Config, r: engine.Run) -> None:
+    """Generate the simreal set on first use (main process only; the others wait); other datasets
+    are read as they are."""
     if cfg.dataset == "simreal":
         from datasets.simreal import ensure_simreal
         if r.is_main:
             ensure_simreal(cfg)
         r.barrier()
+
+
+def real_splits(cfg: Config, r: engine.Run, stage: str, labels: bool):
+    """(train set, val set, steps per epoch) of the real dataset for `stage`; generates the simreal set
+    on first use; a train split smaller than one batch per process is a clear error."""
+    ensure_real_data(cfg, r)
     train_set = build_dataset(cfg, "train", labels=labels)
     val_set = build_dataset(cfg, "val", labels=labels)
     spe = len(train_set) // (cfg.batch_size * r.world_size)

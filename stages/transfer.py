@@ -192,12 +192,9 @@ def run(cfg: Config) -> dict:
     from render.camera import CROP_SIZE
     from render.hand_renderer import HandRenderer
     from stages import engine
+    from stages.pretrain import ensure_real_data
     run_ = engine.setup(cfg)
-    if cfg.dataset == "simreal":
-        from datasets.simreal import ensure_simreal
-        if run_.is_main:
-            ensure_simreal(cfg)
-        run_.barrier()
+    ensure_real_data(cfg, run_)
     dev, B = run_.device, cfg.gan_batch_size
     real = build_dataset(cfg, "train", labels=False)
     spe = len(real) // run_.world_size // B
