@@ -48,10 +48,11 @@ def train(name: str, out: Path, common: list[str], extra: list[str], log: dict) 
     """Run one training stage; an existing latest.pt is resumed (a finished stage returns at once,
     an interrupted one continues from its last checkpoint).  Returns that checkpoint."""
     ckpt = out / name / "latest.pt"
-    resume = [f"resume={ckpt.is_file()}"]
+    resumed = ckpt.is_file()
     t0 = time.time()
-    run_stage(make_config(common + extra + [f"out_dir={out / name}"] + resume))
-    log[name] = {"train_seconds": round(time.time() - t0, 1)}
+    run_stage(make_config(common + extra + [f"out_dir={out / name}", f"resume={resumed}"]))
+    # a resumed stage's seconds cover only this call (0 steps when it had finished)
+    log[name] = {"train_seconds": round(time.time() - t0, 1), "resumed": resumed}
     return ckpt
 
 
