@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -24,11 +25,47 @@ DATASETS = ("simreal", "nyu", "icvl", "msra")
 NETS = ("tiny", "resnet18")
 
 
-def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A config field with its description (and allowed values)."""
+Check = Callable[[Any], "str | None"]   # value -> None when valid, else what is wrong
+
+
+def greater(bound: float) -> Check:
+    return lambda v: None if v > bound else f"must be > {bound:g}"
+
+
+def at_least(bound: float) -> Check:
+    return lambda v: None if v >= bound else f"must be >= {bound:g}"
+
+
+def between(lo: float, hi: float, hi_open: bool = False) -> Check:
+    def check(v):
+        return None if lo <= v and (v < hi if hi_open else v <= hi) else f"must lie in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return check
+
+
+def numbers(n: int, each: Check | None = None, ascending: bool = False) -> Check:
+    """A list of exactly n numbers, each passing `each`, optionally in non-decreasing order."""
+    def check(v):
+        if len(v) != n:
+            return f"expected a list of {n} numbers, got {len(v)}"
+        bad = next((m for m in map(each, v) if m), None) if each else None
+        if bad:
+            return f"every entry {bad}"
+        if ascending and any(a > b for a, b in zip(v, v[1:])):
+            return "must be [min, max] with min <= max"
+        return None
+    return check
+
+
+GT0, GE0, FRACTION = greater(0), at_least(0), between(0.0, 1.0, hi_open=True)
+positive = GT0
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, check: Check | None = None) -> Any:
+    """A config field with its description, allowed values and validity rule (checked after presets)."""
+    meta = {"help": help, "choices": choices, "check": check}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, "choices": choices})
-    return field(default=default, metadata={"help": help, "choices": choices})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -67,131 +104,134 @@ class Config:
     data_root: str = opt("", "dataset root folder; empty = data/<dataset>")
     out_dir: str = opt("", "run folder for checkpoints, logs and results; empty = checkpoints/<dataset>_<stage or phase>")
     device: str = opt("auto", "compute device: auto (cuda if available), cpu or cuda", ("auto", "cpu", "cuda"))
-    seed: int = opt(0, "random seed of the run (model init, sampling, augmentation)")
-    num_workers: int = opt(2, "DataLoader worker processes")
-    batch_size: int = opt(32, "samples per batch (per process under torchrun); finetuning uses this many real + synthetic")
+    seed: int = opt(0, "random seed of the run (model init, sampling, augmentation)", check=GE0)
+    num_workers: int = opt(2, "DataLoader worker processes", check=GE0)
+    batch_size: int = opt(32, "samples per batch (per process under torchrun); finetuning uses this many real + synthetic", check=GT0)
     resume: bool = opt(False, "continue the run in out_dir from its latest checkpoint")
+    overwrite: bool = opt(False, "train: start a new run in an out_dir that holds checkpoints, deleting them first")
+    checkpoint_interval_min: float = opt(10.0, "write latest.pt at least every this many minutes (0 = only at validations)", check=GE0)
+    hand_model_check: str = opt("error", "a checkpoint trained with another hand model: error, or warn and go on", ("error", "warn"))
     load_model: str = opt("", "checkpoint to initialise from (train) or to evaluate/export (test, export)")
     transfer_net: str = opt("", "frozen sim-to-real translator checkpoint applied to synthetic crops; empty = none")
     amp: str = opt("none", "autocast for the network on CUDA", ("none", "bf16", "fp16"))
     compile: bool = opt(False, "wrap the network in torch.compile")
-    log_interval: int = opt(20, "steps between scalar logs")
-    image_log_interval: int = opt(500, "steps between TensorBoard image logs (0 = never)")
-    val_interval: int = opt(0, "steps between validations; 0 = once per epoch")
+    log_interval: int = opt(20, "steps between scalar logs", check=GT0)
+    image_log_interval: int = opt(500, "steps between TensorBoard image logs (0 = never)", check=GE0)
+    val_interval: int = opt(0, "steps between validations; 0 = once per epoch", check=GE0)
     progress: bool = opt(True, "show tqdm progress bars")
 
     # ---- schedule ----------------------------------------------------------------------------
-    epochs: int | None = opt(None, "training epochs; None = dataset preset")
-    lr_step_epochs: int | None = opt(None, "StepLR period in epochs; None = dataset preset")
-    max_steps: int = opt(0, "stop after this many optimizer steps (0 = run all epochs)")
-    synth_epoch_size: int = opt(100_000, "synthetic samples that make one pretraining epoch")
-    lr: float = opt(1e-3, "AdamW learning rate")
-    weight_decay: float = opt(0.01, "AdamW weight decay")
-    lr_gamma: float = opt(0.1, "StepLR decay factor")
-    val_fraction: float = opt(0.05, "fraction of the training frames held out for validation")
-    val_size: int = opt(256, "held-out synthetic samples used to validate pretraining")
+    epochs: int | None = opt(None, "training epochs; None = dataset preset", check=GT0)
+    lr_step_epochs: int | None = opt(None, "StepLR period in epochs; None = dataset preset", check=GT0)
+    max_steps: int = opt(0, "train exactly this many optimizer steps, however many epochs that is (0 = the epochs)", check=GE0)
+    synth_epoch_size: int = opt(100_000, "synthetic samples that make one pretraining epoch", check=GT0)
+    lr: float = opt(1e-3, "AdamW learning rate", check=GT0)
+    weight_decay: float = opt(0.01, "AdamW weight decay", check=GE0)
+    lr_gamma: float = opt(0.1, "StepLR decay factor", check=GT0)
+    val_fraction: float = opt(0.05, "fraction of the training frames held out for validation", check=FRACTION)
+    val_size: int = opt(256, "held-out synthetic samples used to validate pretraining", check=GE0)
 
     # ---- network -----------------------------------------------------------------------------
     net: str = opt("resnet18", "backbone: resnet18 (the paper's) or tiny (same heads, fewer channels)", NETS)
     stage_num: int = opt(2, "1 = single stage, 2 = with the rendering-fed refinement stage", (1, 2))
-    map_size: int = opt(64, "side of the dense offset/heat maps")
-    kernel_radius_nu: float = opt(0.8, "dense-map kernel radius kappa (nu)")
-    softmax_temperature: float = opt(30.0, "temperature of the heat-map softmax when decoding joints")
-    fg_threshold_nu: float = opt(0.99, "normalized depth below which a pixel is hand/foreground")
+    map_size: int = opt(64, "side of the dense offset/heat maps", check=GT0)
+    kernel_radius_nu: float = opt(0.8, "dense-map kernel radius kappa (nu)", check=GT0)
+    softmax_temperature: float = opt(30.0, "temperature of the heat-map softmax when decoding joints", check=GT0)
+    fg_threshold_nu: float = opt(0.99, "normalized depth below which a pixel is hand/foreground", check=between(-1.0, 1.0))
 
     # ---- hand model --------------------------------------------------------------------------
     mano_path: str = opt("MANO/MANO_RIGHT.pkl", "official MANO right-hand model (.pkl or converted .npz)")
     hand_model: str = opt("auto", "auto = MANO if the file exists else the generated stand-in hand", ("auto", "mano", "standin"))
 
     # ---- dataset -----------------------------------------------------------------------------
-    fx: float | None = opt(None, "focal length x (px); None = dataset preset")
-    fy: float | None = opt(None, "focal length y (px, positive, y down); None = dataset preset")
+    fx: float | None = opt(None, "focal length x (px); None = dataset preset", check=GT0)
+    fy: float | None = opt(None, "focal length y (px, positive, y down); None = dataset preset", check=GT0)
     cx: float | None = opt(None, "principal point x (px); None = dataset preset")
     cy: float | None = opt(None, "principal point y (px); None = dataset preset")
-    image_width: int | None = opt(None, "sensor image width (px); None = dataset preset")
-    image_height: int | None = opt(None, "sensor image height (px); None = dataset preset")
-    cube_mm: list | None = opt(None, "crop cube edge lengths [x, y, z] in mm; None = dataset preset")
+    image_width: int | None = opt(None, "sensor image width (px); None = dataset preset", check=GT0)
+    image_height: int | None = opt(None, "sensor image height (px); None = dataset preset", check=GT0)
+    cube_mm: list | None = opt(None, "crop cube edge lengths [x, y, z] in mm; None = dataset preset", check=numbers(3, positive))
     mirror: bool | None = opt(None, "mirror images about cx to a right hand (ICVL); None = dataset preset")
     nyu_view: int = opt(1, "NYU Kinect view (1 = frontal, the benchmark view)", (1, 2, 3))
-    nyu_subject2_first_index: int = opt(2440, "first 0-based NYU test frame of the unseen subject 2")
-    nyu_subject2_cube_scale: float = opt(5.0 / 6.0, "cube scale for NYU test subject 2 frames")
+    nyu_subject2_first_index: int = opt(2440, "first 0-based NYU test frame of the unseen subject 2", check=GE0)
+    nyu_subject2_cube_scale: float = opt(5.0 / 6.0, "cube scale for NYU test subject 2 frames", check=GT0)
     msra_test_subject: int = opt(0, "MSRA leave-one-subject-out test subject P0..P8", tuple(range(9)))
     center_file_train: str = opt("", "refined-centre file for training frames; empty = the dataset's default location")
     center_file_test: str = opt("", "refined-centre file for test frames; empty = the dataset's default location")
     center_format: str = opt("auto", "refined-centre file values: auto (xyz or uvd told apart by value ranges), xyz or uvd", ("auto", "xyz", "uvd"))
-    max_frames: int = opt(0, "use only the first N frames of each split (0 = all)")
-    aug_center_shift_mm: float = opt(10.0, "real-crop augmentation: centre shift range +- per axis (mm)")
-    aug_cube_scale: float = opt(0.2, "real-crop augmentation: cube scale range +-")
-    aug_rotation_deg: float = opt(180.0, "real-crop augmentation: in-plane rotation range +- (degrees)")
+    max_frames: int = opt(0, "use only the first N frames of each split (0 = all)", check=GE0)
+    aug_center_shift_mm: float = opt(10.0, "real-crop augmentation: centre shift range +- per axis (mm)", check=GE0)
+    aug_cube_scale: float = opt(0.2, "real-crop augmentation: cube scale range +-", check=FRACTION)
+    aug_rotation_deg: float = opt(180.0, "real-crop augmentation: in-plane rotation range +- (degrees)", check=GE0)
     augment: bool = opt(True, "augment real training crops (rot / com / sc / none)")
 
     # ---- synthetic hands ---------------------------------------------------------------------
-    synth_depth_range_mm: list | None = opt(None, "synthetic hand depth range [min, max] (mm); None = dataset preset")
-    synth_center_jitter_mm: float = opt(20.0, "synthetic crop-centre jitter +- per axis (mm)")
-    synth_cube_scale_range: list = opt([0.8, 1.2], "synthetic cube scale range")
-    synth_shape_noise: float = opt(3.0, "std of the Gaussian noise added to shape coefficients")
+    synth_depth_range_mm: list | None = opt(None, "synthetic hand depth range [min, max] (mm); None = dataset preset", check=numbers(2, positive, ascending=True))
+    synth_center_jitter_mm: float = opt(20.0, "synthetic crop-centre jitter +- per axis (mm)", check=GE0)
+    synth_cube_scale_range: list = opt([0.8, 1.2], "synthetic cube scale range", check=numbers(2, positive, ascending=True))
+    synth_shape_noise: float = opt(3.0, "std of the Gaussian noise added to shape coefficients", check=GE0)
     synth_off_axis: bool = opt(False, "place synthetic hands anywhere in the image (not only on the optical axis)")
     synth_rotation: str = opt("auto", "view rotation: auto (none in pretraining, original in finetuning), none, original (axis-angle U[0,2pi)^3), so3 (uniform)", ("auto", "none", "original", "so3"))
     synth_occlusion: bool = opt(True, "carve random spherical occluders around joints")
-    synth_occluders_min: int = opt(3, "fewest occluders per sample")
-    synth_occluders_max: int = opt(9, "most occluders per sample")
-    synth_occluder_jitter_nu: float = opt(0.15, "occluder centre jitter +- around its joint (nu)")
-    synth_occluder_radius_nu: float = opt(0.3, "largest occluder radius (nu)")
+    synth_occluders_min: int = opt(3, "fewest occluders per sample", check=GE0)
+    synth_occluders_max: int = opt(9, "most occluders per sample", check=GE0)
+    synth_occluder_jitter_nu: float = opt(0.15, "occluder centre jitter +- around its joint (nu)", check=GE0)
+    synth_occluder_radius_nu: float = opt(0.3, "largest occluder radius (nu)", check=GE0)
     synth_occlusion_per_sample: bool = opt(True, "draw occluded joints per sample (False: per batch, as the original)")
     synth_pose_file: str = opt("", "optional .npy/.txt of 62-value source-space pose rows; empty = pose sampler")
-    simreal_train_frames: int = opt(2000, "frames of the generated simreal train split (made once when data_root lacks it)")
-    simreal_test_frames: int = opt(400, "frames of the generated simreal test split")
+    simreal_train_frames: int = opt(2000, "frames of the generated simreal train split (made once when data_root lacks it)", check=GT0)
+    simreal_test_frames: int = opt(400, "frames of the generated simreal test split", check=GT0)
 
     # ---- losses (weights; spec 10.2-10.4) ----------------------------------------------------
-    huber_delta_nu: float = opt(0.01, "Huber transition (nu); 100*H is L1 above it")
-    w_maps: float = opt(1.0, "weight: dense maps")
-    w_pwe_joints: float = opt(100.0, "weight: decoded pixel-branch joints")
-    w_mpe_joints: float = opt(100.0, "weight: model-branch joints")
-    w_mpe_verts: float = opt(100.0, "weight: model-branch vertices")
-    w_shape_prior: float = opt(1000.0, "weight: shape prior mean(beta^2) in pretraining")
-    w_scale: float = opt(0.1, "weight: positive-scale penalty in pretraining")
-    w_collision: float = opt(1.0, "weight: sphere collision prior")
-    w_render: float = opt(0.1, "weight: rendered-vs-observed depth residual")
-    w_data_mesh: float = opt(1.0, "weight: point-to-mesh distance")
-    w_part_mesh: float = opt(1.0, "weight: part-aware point-to-mesh distance")
-    w_pixel_to_model: float = opt(100.0, "weight: pixel branch teaches model branch")
-    w_model_to_pixel: float = opt(100.0, "weight: model branch teaches pixel branch on reliable joints")
-    w_distill: float = opt(1.0, "multiplier of the stage-2 -> stage-1 distillation terms")
+    huber_delta_nu: float = opt(0.01, "Huber transition (nu); 100*H is L1 above it", check=GT0)
+    w_maps: float = opt(1.0, "weight: dense maps", check=GE0)
+    w_pwe_joints: float = opt(100.0, "weight: decoded pixel-branch joints", check=GE0)
+    w_mpe_joints: float = opt(100.0, "weight: model-branch joints", check=GE0)
+    w_mpe_verts: float = opt(100.0, "weight: model-branch vertices", check=GE0)
+    w_shape_prior: float = opt(1000.0, "weight: shape prior mean(beta^2) in pretraining", check=GE0)
+    w_scale: float = opt(0.1, "weight: positive-scale penalty in pretraining", check=GE0)
+    w_collision: float = opt(1.0, "weight: sphere collision prior", check=GE0)
+    w_render: float = opt(0.1, "weight: rendered-vs-observed depth residual", check=GE0)
+    w_data_mesh: float = opt(1.0, "weight: point-to-mesh distance", check=GE0)
+    w_part_mesh: float = opt(1.0, "weight: part-aware point-to-mesh distance", check=GE0)
+    w_pixel_to_model: float = opt(100.0, "weight: pixel branch teaches model branch", check=GE0)
+    w_model_to_pixel: float = opt(100.0, "weight: model branch teaches pixel branch on reliable joints", check=GE0)
+    w_distill: float = opt(1.0, "multiplier of the stage-2 -> stage-1 distillation terms", check=GE0)
 
     # ---- self-supervised fitting (mm, converted per sample with the cube) --------------------
-    handbox_xy_margin_mm: float = opt(25.0, "hand box margin around the joints in x and y (mm)")
-    handbox_far_margin_mm: float = opt(20.0, "hand box margin beyond the farthest joint (mm)")
-    handbox_near_margin_mm: float = opt(40.0, "hand box margin toward the camera from the nearest joint (mm)")
-    num_points: int = opt(2048, "points sampled from a crop for point-to-mesh losses")
-    reliability_depth_mm: float = opt(5.0, "model->pixel: mean depth residual below this (mm; 0.04 nu at cube 250)")
-    reliability_fit_rms_mm: float = opt(3.953, "model->pixel: RMS point-to-mesh residual below this (mm; 1e-3 nu^2 at cube 250)")
-    reliability_min_bone_points: int = opt(0, "bones with fewer labelled points are unreliable (0 = original: empty bones count as reliable)")
+    handbox_xy_margin_mm: float = opt(25.0, "hand box margin around the joints in x and y (mm)", check=GE0)
+    handbox_far_margin_mm: float = opt(20.0, "hand box margin beyond the farthest joint (mm)", check=GE0)
+    handbox_near_margin_mm: float = opt(40.0, "hand box margin toward the camera from the nearest joint (mm)", check=GE0)
+    num_points: int = opt(2048, "points sampled from a crop for point-to-mesh losses", check=GT0)
+    reliability_depth_mm: float = opt(5.0, "model->pixel: mean depth residual below this (mm; 0.04 nu at cube 250)", check=GE0)
+    reliability_fit_rms_mm: float = opt(3.953, "model->pixel: RMS point-to-mesh residual below this (mm; 1e-3 nu^2 at cube 250)", check=GE0)
+    reliability_min_bone_points: int = opt(0, "bones with fewer labelled points are unreliable (0 = original: empty bones count as reliable)", check=GE0)
     palm_radius_offset_mm: float = opt(6.25, "palm-line sphere radius = wrist radius minus this (mm)")
-    palm_radius_min_mm: float = opt(1.25, "palm-line sphere radius lower clamp (mm)")
-    palm_radius_max_mm: float = opt(50.0, "palm-line sphere radius upper clamp (mm)")
-    collision_gate_mm: float = opt(12.5, "a sample whose summed sphere penetration reaches this contributes 0 (mm)")
+    palm_radius_min_mm: float = opt(1.25, "palm-line sphere radius lower clamp (mm)", check=GE0)
+    palm_radius_max_mm: float = opt(50.0, "palm-line sphere radius upper clamp (mm)", check=GT0)
+    collision_gate_mm: float = opt(12.5, "a sample whose summed sphere penetration reaches this contributes 0 (mm)", check=GT0)
     collision_mode: str = opt("gated", "gated (original) or clipped (per-sample sum clipped at the gate)", ("gated", "clipped"))
 
     # ---- sim-to-real translator (Consis-CycleGAN, train_stage=transfer; spec 9.2) ----------------
-    gan_ngf: int = opt(64, "translator generator base width (64 = original; smaller trains on CPU)")
-    gan_blocks: int = opt(9, "translator generator residual blocks (9 = original)")
-    gan_ndf: int = opt(64, "PatchGAN discriminator base width")
+    gan_ngf: int = opt(64, "translator generator base width (64 = original; smaller trains on CPU)", check=GT0)
+    gan_blocks: int = opt(9, "translator generator residual blocks (9 = original)", check=GE0)
+    gan_ndf: int = opt(64, "PatchGAN discriminator base width", check=GT0)
     gan_residual: bool = opt(False, "design option (not the original): generator output = clamp(x + net(x), -1, 1) (straight-through gradient) without tanh, so a reduced CPU-trained generator starts at the identity")
-    gan_lr: float = opt(2e-4, "translator Adam learning rate")
-    gan_beta1: float = opt(0.5, "translator Adam beta1")
-    gan_beta2: float = opt(0.999, "translator Adam beta2")
-    gan_batch_size: int = opt(4, "translator batch size (synthetic and real crops each)")
-    gan_epochs_constant: int = opt(20, "translator epochs over the real crops at constant lr")
-    gan_epochs_decay: int = opt(20, "translator epochs of linear lr decay to 0 after the constant ones")
-    gan_pool_size: int = opt(50, "history pool of generated images per discriminator (0 = off)")
-    w_gan_adv: float = opt(1.0, "translator weight: least-squares adversarial term of each generator")
-    w_gan_cyc: float = opt(10.0, "translator weight: cycle consistency (both directions)")
-    w_gan_idt: float = opt(5.0, "translator weight: identity (both generators)")
-    w_gan_fg: float = opt(10.0, "translator weight: foreground-depth consistency on the synthetic hand mask")
-    w_gan_fg_sym: float = opt(0.0, "translator weight: symmetric foreground consistency for G_B (0 = off)")
-    w_gan_pose: float = opt(0.0, "translator weight: pose consistency through gan_pose_net (0 = off; spec uses 1)")
-    gan_fg_tolerance_mm: float = opt(0.0, "translator: hand-consistency tolerance; |G_A(x)-x| on the hand is free up to this (0 = the original plain L1)")
-    gan_mask_erode_px: int = opt(0, "erode the synthetic hand mask by this many pixels before L_fg (spec option: 1)")
+    gan_lr: float = opt(2e-4, "translator Adam learning rate", check=GT0)
+    gan_beta1: float = opt(0.5, "translator Adam beta1", check=FRACTION)
+    gan_beta2: float = opt(0.999, "translator Adam beta2", check=FRACTION)
+    gan_batch_size: int = opt(4, "translator batch size (synthetic and real crops each)", check=GT0)
+    gan_epochs_constant: int = opt(20, "translator epochs over the real crops at constant lr", check=GE0)
+    gan_epochs_decay: int = opt(20, "translator epochs of linear lr decay to 0 after the constant ones", check=GE0)
+    gan_pool_size: int = opt(50, "history pool of generated images per discriminator (0 = off)", check=GE0)
+    w_gan_adv: float = opt(1.0, "translator weight: least-squares adversarial term of each generator", check=GE0)
+    w_gan_cyc: float = opt(10.0, "translator weight: cycle consistency (both directions)", check=GE0)
+    w_gan_idt: float = opt(5.0, "translator weight: identity (both generators)", check=GE0)
+    w_gan_fg: float = opt(10.0, "translator weight: foreground-depth consistency on the synthetic hand mask", check=GE0)
+    w_gan_fg_sym: float = opt(0.0, "translator weight: symmetric foreground consistency for G_B (0 = off)", check=GE0)
+    w_gan_pose: float = opt(0.0, "translator weight: pose consistency through gan_pose_net (0 = off; spec uses 1)", check=GE0)
+    gan_fg_tolerance_mm: float = opt(0.0, "translator: hand-consistency tolerance; |G_A(x)-x| on the hand is free up to this (0 = the original plain L1)", check=GE0)
+    gan_mask_erode_px: int = opt(0, "erode the synthetic hand mask by this many pixels before L_fg (spec option: 1)", check=GE0)
     gan_snap_background: bool = opt(True, "set translated values >= fg_threshold_nu to +1 when the translator is applied")
     gan_pose_net: str = opt("", "frozen pose-network checkpoint (pretrained untranslated) for the pose-consistency term")
     gan_synth_rotation: str = opt("original", "view rotation of the translator's synthetic crops (covers pretraining and finetuning views)", ("none", "original", "so3"))
@@ -200,23 +240,23 @@ class Config:
     pred_file: str = opt("", "phase=score: prediction file (u v d per joint per line)")
     gt_file: str = opt("", "phase=score: ground-truth file in the same format")
     save_meshes: bool = opt(False, "test/export: write OBJ meshes of the predicted hands")
-    save_overlays: int = opt(16, "test/export: number of overlay images to write")
+    save_overlays: int = opt(16, "test/export: number of overlay images to write", check=GE0)
 
     # ---- export / inference on depth streams (phase=export) ----------------------------------
     export_source: str = opt("folder", "input layout: folder of depth frames, dhg (DHG-14/28) or shrec (SHREC'17)", ("folder", "dhg", "shrec"))
     export_input: str = opt("", "folder of depth frames, or the root of the DHG/SHREC gesture_*/ tree")
     export_depth_format: str = opt("auto", "depth frames: auto, png16 (mm), nyu_rgb (256*G+B) or npy", ("auto", "png16", "nyu_rgb", "npy"))
     export_mirror: bool | None = opt(None, "mirror frames about cx to a right hand; None = yes for dhg/shrec, no for folders")
-    export_every: int = opt(1, "process every N-th frame of each sequence")
-    export_max_frames: int = opt(0, "stop each sequence after N frames (0 = all)")
+    export_every: int = opt(1, "process every N-th frame of each sequence", check=GT0)
+    export_max_frames: int = opt(0, "stop each sequence after N frames (0 = all)", check=GE0)
     export_branch: str = opt("pwe", "which branch of the last stage gives the exported joints", ("pwe", "mpe"))
     export_write_meshes: bool = opt(False, "also write the predicted MANO parameters and meshes per frame (NPZ)")
-    localize_band_mm: float = opt(150.0, "hand detection: depth band behind the nearest valid point that may belong to the hand (mm)")
-    localize_min_pixels: int = opt(150, "hand detection: fewest pixels of a hand region in a frame")
-    localize_max_extent_mm: float = opt(350.0, "hand detection: the front 50 mm of a hand region is no wider than this, and its near part covers at most half a square of this side (mm)")
-    localize_min_depth_mm: float = opt(150.0, "hand detection: ignore depths nearer than this (sensor noise) (mm)")
-    localize_max_depth_mm: float = opt(1500.0, "hand detection: ignore depths farther than this (mm)")
-    localize_iterations: int = opt(5, "centre refinement: most iterations of the spherical mean shift")
+    localize_band_mm: float = opt(150.0, "hand detection: depth band behind the nearest valid point that may belong to the hand (mm)", check=GT0)
+    localize_min_pixels: int = opt(150, "hand detection: fewest pixels of a hand region in a frame", check=GT0)
+    localize_max_extent_mm: float = opt(350.0, "hand detection: the front 50 mm of a hand region is no wider than this, and its near part covers at most half a square of this side (mm)", check=GT0)
+    localize_min_depth_mm: float = opt(150.0, "hand detection: ignore depths nearer than this (sensor noise) (mm)", check=GE0)
+    localize_max_depth_mm: float = opt(1500.0, "hand detection: ignore depths farther than this (mm)", check=GT0)
+    localize_iterations: int = opt(5, "centre refinement: most iterations of the spherical mean shift", check=GE0)
     track: bool = opt(True, "in sequences, start from the previous frame's prediction; detect again when lost")
 
     # ------------------------------------------------------------------------------------------
@@ -252,6 +292,42 @@ class Config:
 
 class ConfigError(ValueError):
     """A bad key or value; the message is one line naming key, value and valid choices."""
+
+
+# Pairs of settings that must agree: (name, name, rule on (a, b), what the rule says).
+CROSS_CHECKS = (
+    ("synth_occluders_min", "synth_occluders_max", lambda a, b: a <= b, "synth_occluders_min <= synth_occluders_max"),
+    ("palm_radius_min_mm", "palm_radius_max_mm", lambda a, b: a <= b, "palm_radius_min_mm <= palm_radius_max_mm"),
+    ("localize_min_depth_mm", "localize_max_depth_mm", lambda a, b: a < b, "localize_min_depth_mm < localize_max_depth_mm"),
+    ("gan_epochs_constant", "gan_epochs_decay", lambda a, b: a + b > 0, "gan_epochs_constant + gan_epochs_decay > 0"),
+    ("resume", "overwrite", lambda a, b: not (a and b), "resume=true and overwrite=true exclude each other"),
+)
+
+# Settings that a resumed run cannot change: they define the network, its hand model or which data
+# step t reads.  Every other setting may change on resume; the change is applied and logged.
+RESUME_FIXED = ("phase", "train_stage", "dataset", "net", "stage_num", "map_size", "hand_model", "mano_path",
+                "seed", "batch_size", "synth_epoch_size", "val_fraction", "max_frames", "nyu_view",
+                "msra_test_subject", "gan_ngf", "gan_blocks", "gan_ndf", "gan_residual", "gan_batch_size")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every value against its rule (finite numbers, ranges, list lengths) and the cross
+    checks; raises ConfigError naming the key, the value and the rule."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if v is None or isinstance(v, (bool, str)):
+            continue
+        values = v if isinstance(v, list) else [v]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            raise ConfigError(f"invalid value for {f.name}: {v!r}; must be finite")
+        check = f.metadata.get("check")
+        problem = check(v) if check is not None else None
+        if problem:
+            raise ConfigError(f"invalid value for {f.name}: {v!r}; {problem}")
+    for a, b, rule, text in CROSS_CHECKS:
+        if not rule(getattr(cfg, a), getattr(cfg, b)):
+            raise ConfigError(f"invalid values {a}={getattr(cfg, a)!r}, {b}={getattr(cfg, b)!r}; need {text}")
+    return cfg
 
 
 def _fields() -> dict[str, dataclasses.Field]:
@@ -347,7 +423,7 @@ def make_config(args: list[str] | None = None, **overrides: Any) -> Config:
     values.update({_check_key(k): v for k, v in overrides.items()})
     merged = load_yaml(values["config"]) if values.get("config") else {}
     merged.update(values)
-    return Config(**{k: _coerce(k, v) for k, v in merged.items()}).resolved()
+    return validate(Config(**{k: _coerce(k, v) for k, v in merged.items()}).resolved())
 
 
 def help_text() -> str:

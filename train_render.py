@@ -18,12 +18,13 @@ import sys
 from config import Config, config_from_cli
 
 QUICKSTART = ["config=configs/quickstart.yaml"]
+QUICKSTART_TRAIN = ["overwrite=true"]   # the demo always starts afresh in its own folder
 
 
 def run(cfg: Config) -> dict:
     """Dispatch to the stage or phase module; each exposes `run(cfg) -> dict`."""
     if cfg.phase == "train":
-        module = {"pretrain": "stages.pretrain", "supervised": "stages.pretrain",
+        module = {"pretrain": "stages.pretrain", "supervised": "stages.supervised",
                   "transfer": "stages.transfer", "finetune": "stages.finetune"}[cfg.train_stage]
     else:
         module = {"test": "stages.evaluate", "score": "stages.score", "export": "stages.export"}[cfg.phase]
@@ -35,13 +36,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     what is wrong, so they are printed without a traceback (set DSF_TRACEBACK=1 to see it)."""
     from datasets.depth_io import DatasetError
     from models.mano_io import MANOFileError
-    from stages.engine import CheckpointError, NonFiniteLoss
-    return DatasetError, MANOFileError, CheckpointError, NonFiniteLoss, FileNotFoundError
+    from stages.checkpoints import CheckpointError
+    from stages.engine import NonFiniteLoss
+    from stages.results_io import ResultFileError
+    return DatasetError, MANOFileError, CheckpointError, NonFiniteLoss, ResultFileError, FileNotFoundError
 
 
 def main(argv: list[str]) -> int:
+    from config import ConfigError
     try:
         return _main(argv)
+    except ConfigError as e:     # a setting that cannot work (e.g. an out_dir holding another run)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:
         if os.environ.get("DSF_TRACEBACK") or not isinstance(e, user_errors()):
             raise
@@ -51,9 +58,10 @@ def main(argv: list[str]) -> int:
 
 def _main(argv: list[str]) -> int:
     if not argv:
-        print("No arguments: running the quickstart demo (python train_render.py config=configs/quickstart.yaml,\n"
-              "then phase=test on its checkpoint). See `python train_render.py --help` for every setting.")
-        cfg = config_from_cli(QUICKSTART)
+        print("No arguments: running the quickstart demo (python train_render.py config=configs/quickstart.yaml "
+              "overwrite=true,\nthen phase=test on its checkpoint; it replaces an earlier demo run). "
+              "See `python train_render.py --help` for every setting.")
+        cfg = config_from_cli(QUICKSTART + QUICKSTART_TRAIN)
         run(cfg)
         test_cfg = config_from_cli(QUICKSTART + ["phase=test", f"load_model={cfg.out_dir}/latest.pt"])
         run(test_cfg)

@@ -166,7 +166,7 @@ def escape_test(ckpt: Path, cfg: Config, xs: Tensor, xr: Tensor, cube: Tensor, s
     objective, and report how far G_A(xs) moves from xs on the hand mask and on the background (nu)
     and the adversarial term before/after.  (a) moving and (b) not means the consistency/cycle terms,
     not a weak discriminator, hold the generator at the identity."""
-    from stages.engine import load_checkpoint
+    from stages.checkpoints import load_checkpoint
     from stages.transfer import ConsisCycleGAN, cyclegan_losses, fg_tolerance_nu
     hand, bg = xs < FG, xs >= FG
     report = {}

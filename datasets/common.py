@@ -203,8 +203,8 @@ class CropDataset(Dataset):
 
     reader(path) -> (H, W) mm (float32 or uint16; 0 = missing), before mirroring; K (3, 3) full-frame intrinsics;
     augment: AugmentParams for training crops or None; mirror: mirror about cx (spec 1.5) the frames
-    and, with them, the table's centres and labels (the table is given in the sensor's own frame).  Random draws use a per-process generator seeded
-    from torch.initial_seed() (each DataLoader worker differs, reproducible under a seeded run).
+    and, with them, the table's centres and labels (the table is given in the sensor's own frame).  The
+    augmentation of item i in an epoch is drawn from a generator seeded by (seed, epoch, i) (set_epoch).
     """
 
     def __init__(self, table: FrameTable, reader: Callable[[Path], np.ndarray], K: np.ndarray, *,
@@ -217,8 +217,7 @@ class CropDataset(Dataset):
         self.augment, self.mirror, self.fg_threshold = augment, mirror, fg_threshold
         self.frame_hw, self.size, self.name = frame_hw, size, name
         self.empty_ids: list[int] = []
-        self._gen: torch.Generator | None = None
-        self._gen_seed: int | None = None
+        self.epoch, self.aug_seed = 0, 0
 
     def __len__(self) -> int:
         return len(self.table)
@@ -227,11 +226,14 @@ class CropDataset(Dataset):
     def has_labels(self) -> bool:
         return self.table.joints_xyz is not None
 
-    def _generator(self) -> torch.Generator:
-        seed = torch.initial_seed()
-        if self._gen is None or self._gen_seed != seed:
-            self._gen, self._gen_seed = torch.Generator().manual_seed(seed % (2 ** 63)), seed
-        return self._gen
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        """Augmentation draws of the coming epoch: item i's come from its own generator seeded by
+        (seed, epoch, i), so a crop does not depend on workers, item order or a resume."""
+        self.epoch, self.aug_seed = epoch, seed
+
+    def _generator(self, i: int) -> torch.Generator:
+        key = (self.aug_seed * 1_000_003 + self.epoch) * 10_000_019 + i
+        return torch.Generator().manual_seed(key % (2 ** 63))
 
     def load_frame(self, i: int) -> np.ndarray:
         """Frame i (H, W) in mm (float32, or uint16 from raw PNG readers), mirrored where the dataset is."""
@@ -254,7 +256,7 @@ class CropDataset(Dataset):
         frame = self.load_frame(i)
         center, cube, phi = self.table.centers[i], self.table.cubes[i], 0.0
         if self.augment is not None:
-            _, center, cube, phi = draw_augmentation(self._generator(), center, cube, self.augment)
+            _, center, cube, phi = draw_augmentation(self._generator(i), center, cube, self.augment)
         depth, A = crop_sample(frame, center, cube, self.K, self.size)
         if phi:
             depth = rotate_crop(depth, phi)

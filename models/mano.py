@@ -7,6 +7,7 @@ vertices, the wrist cap and the mm / network-space mappings of spec 3.2.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -144,6 +145,15 @@ class HandModel(nn.Module):
     def name(self) -> str:
         return "stand-in hand" if self.is_standin else "MANO"
 
+    def identity(self) -> dict[str, str]:
+        """{'kind': 'standin' | 'mano', 'fingerprint': 16 hex digits of the SHA-256 of every model
+        array}: what a checkpoint records so that it is never used with another hand model."""
+        digest = hashlib.sha256()
+        for name in ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights", "hands_components",
+                     "hands_mean", "parents", "faces"):
+            digest.update(getattr(self, name).detach().cpu().contiguous().numpy().tobytes())
+        return {"kind": "standin" if self.is_standin else "mano", "fingerprint": digest.hexdigest()[:16]}
+
     def articulation(self, theta: Tensor) -> Tensor:
         """PCA coefficients (B, 45) -> joint axis-angles (B, 15, 3) = θ·components + mean."""
         return (theta @ self.hands_components + self.hands_mean).reshape(-1, 15, 3)
@@ -190,6 +200,13 @@ def _resolve(path: str) -> Path | None:
             if q.is_file():
                 return q
     return None
+
+
+def resolved_hand_model(cfg) -> str:
+    """cfg.hand_model with 'auto' replaced by what build_hand_model will load: 'mano' or 'standin'."""
+    if cfg.hand_model != "auto":
+        return cfg.hand_model
+    return "mano" if _resolve(cfg.mano_path) is not None else "standin"
 
 
 def build_hand_model(cfg) -> HandModel:

@@ -2,7 +2,7 @@
 
 Usage (one obvious loop; see stages/pretrain.py for a complete example)::
 
-    run = engine.setup(cfg)                          # device, seeds, DDP, out_dir, config.yaml, TensorBoard
+    run = engine.setup(cfg)                          # device, seeds, DDP, out_dir checks, config.yaml, TensorBoard
     model = engine.wrap_model(Net(...).to(run.device), run)     # DDP under torchrun, torch.compile
     opt, sched = AdamW(model.parameters(), ...), StepLR(...)
     gen = torch.Generator(run.device).manual_seed(run.seed)     # every RNG the steps use
@@ -17,30 +17,30 @@ Usage (one obvious loop; see stages/pretrain.py for a complete example)::
                           generators=[gen], image_fn=lambda step: {"train": grid})
     engine.teardown(run)
 
-`train` restores `out_dir/latest.pt` when cfg.resume (model, optimizer, scheduler, AMP scaler, step,
-epoch, best value, RNG states of torch/numpy/python and of `generators`, `state_extra`), so a resumed run
-continues with the same schedule and, on CPU, the same losses.  The scheduler is stepped once per
-epoch (every `steps_per_epoch` optimizer steps).  Validation runs every cfg.val_interval steps (0 = at
-each epoch end) and at the end, on rank 0 only (validate_fn must not use collectives: call it on
-`unwrap(model)`); `latest.pt` is written then, `best.pt` when `best_key` improves (lower is better;
-without validate_fn `best.pt` is the latest).  Checkpoints are written atomically (tmp + os.replace).
-A non-finite loss saves `last_good.pt` (the weights before that step) and raises `NonFiniteLoss`
-naming the step and every loss term.
-
-Other helpers: `select_device`, `seed_everything`, `worker_init_fn`, `epoch_loader` (deterministic
-DistributedSampler-based DataLoader that can start mid-epoch), `BatchStream` (the batch of step t),
-`save_checkpoint` / `load_checkpoint`
-(`CheckpointError` names the file), `load_weights` (name-matched init from any of our checkpoints),
-`image_grid` (depth | rendering | joints drawn on the crop), `unwrap`.
+Nothing is lost silently:
+* `setup` refuses an out_dir that holds checkpoints unless cfg.resume (continue it) or cfg.overwrite
+  (delete them first).  On resume, settings in config.RESUME_FIXED must be unchanged; every other
+  change is applied, printed, and the earlier settings are kept as `config.step<N>.yaml`.
+* `train` restores `latest.pt` on resume (model, optimizer moments with the *new* optimizer settings,
+  scheduler position, AMP scaler, step, best value, RNG states of torch/numpy/python and of
+  `generators`, `state_extra`), so an unchanged resumed run gives the same losses on CPU.
+* `latest.pt` is written at every validation (every cfg.val_interval steps, 0 = each epoch end, and at
+  the end) and at least every cfg.checkpoint_interval_min minutes; `best.pt` when `best_key` improves
+  (lower is better; without validate_fn `best.pt` is the latest).
+* A non-finite loss, gradient or updated weight stops the run with `NonFiniteLoss` naming the step;
+  the weights from before that step (never the broken ones) are saved to `last_good.pt`.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
+import shutil
 import textwrap
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -50,21 +50,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from config import Config
+from config import RESUME_FIXED, Config, ConfigError
+from stages.checkpoints import (CheckpointError, check_hand_model, load_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state)
 
 StepFn = Callable[[int], dict]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read; the message names the file."""
+CHECKPOINT_NAMES = ("latest.pt", "best.pt", "last_good.pt")
+RESUME_IGNORED = ("resume", "overwrite", "config")   # differ by nature between a run and its resume
 
 
 class NonFiniteLoss(FloatingPointError):
-    """A NaN/Inf loss; the message names the step and the loss terms."""
+    """A NaN/Inf loss, gradient or weight; the message names the step and what was not finite."""
 
 
-# ---------------------------------------------------------------------------------------------
-# device, seeds, distributed
 def select_device(name: str) -> torch.device:
     """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
     if name == "auto":
@@ -81,13 +79,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader workers: seed numpy/python from the worker's torch seed (set by the loader's generator)."""
-    s = torch.initial_seed() % 2 ** 32
-    np.random.seed(s)
-    random.seed(s)
-
-
 @dataclass
 class Run:
     """Everything a stage needs to know about where and how it runs."""
@@ -98,6 +89,8 @@ class Run:
     out_dir: Path
     writer: object | None           # torch.utils.tensorboard.SummaryWriter on rank 0, else None
     seed: int                       # cfg.seed + rank: per-process seed
+    resume_state: dict | None = None    # latest.pt when cfg.resume (read by setup, restored by train)
+    hand_model: dict | None = None      # HandModel.identity() of the run's hand model (set by the stage)
 
     @property
     def is_main(self) -> bool:
@@ -127,9 +120,42 @@ class Run:
                 self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
 
 
+# ---------------------------------------------------------------------------------------------
+# setup: out_dir rules, resume preflight
+def resume_changes(saved: dict, cfg: Config, path: Path) -> list[tuple[str, object, object]]:
+    """(key, old, new) of every setting that differs from the checkpoint's; ConfigError when one of
+    config.RESUME_FIXED differs (the run cannot continue with it)."""
+    now = cfg.to_dict()
+    changed = [(k, saved[k], now[k]) for k in now if k in saved and k not in RESUME_IGNORED and saved[k] != now[k]]
+    fixed = [f"{k}={old!r} (now {new!r})" for k, old, new in changed if k in RESUME_FIXED]
+    if fixed:
+        raise ConfigError(f"resume=true cannot change {', '.join(fixed)}: {path} was trained with them; "
+                          f"drop those settings, or start a new run (another out_dir= or overwrite=true)")
+    return changed
+
+
+def _check_out_dir(cfg: Config) -> tuple[dict | None, list[str]]:
+    """(checkpoint to resume or None, names of checkpoints that overwrite=true will delete)."""
+    out = Path(cfg.out_dir)
+    existing = [n for n in CHECKPOINT_NAMES if (out / n).is_file()]
+    if cfg.resume:
+        if not (out / "latest.pt").is_file():
+            raise CheckpointError(f"resume=true but {out / 'latest.pt'} does not exist (start without resume=true)")
+        return load_checkpoint(out / "latest.pt"), []
+    if existing and not cfg.overwrite:
+        raise ConfigError(f"out_dir {out} already holds {', '.join(existing)} from an earlier run: pass resume=true "
+                          f"to continue it, overwrite=true to delete them and start again, or another out_dir=")
+    return None, existing
+
+
 def setup(cfg: Config) -> Run:
-    """Init DDP from torchrun's env (RANK, WORLD_SIZE), pick the device, seed, create out_dir, print and
-    save the resolved config (config.yaml) and open TensorBoard (rank 0)."""
+    """Init DDP from torchrun's env (RANK, WORLD_SIZE), pick the device, seed, check out_dir (see the
+    module docstring), save the resolved config (config.yaml) and open TensorBoard (rank 0)."""
+    from models.mano import resolved_hand_model
+    cfg = dataclasses.replace(cfg, hand_model=resolved_hand_model(cfg))   # record what 'auto' means
+    resume_state, to_delete = _check_out_dir(cfg)
+    changes = resume_changes(resume_state.get("config", {}), cfg, Path(cfg.out_dir) / "latest.pt") \
+        if resume_state is not None else []
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = select_device(cfg.device)
     if world > 1 and not dist.is_initialized():
@@ -142,7 +168,7 @@ def setup(cfg: Config) -> Run:
     out_dir = Path(cfg.out_dir)
     writer = None
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_out_dir(out_dir, to_delete, changes, resume_state)
         cfg.save_yaml(out_dir / "config.yaml")
         print(f"resolved config (saved to {out_dir / 'config.yaml'}):")
         text = "  ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
@@ -151,9 +177,24 @@ def setup(cfg: Config) -> Run:
         print(f"device: {device}, processes: {world}", flush=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out_dir / "tb"))
-    run = Run(cfg, device, rank, world, out_dir, writer, cfg.seed + rank)
+    run = Run(cfg, device, rank, world, out_dir, writer, cfg.seed + rank, resume_state)
     run.barrier()
     return run
+
+
+def _prepare_out_dir(out_dir: Path, to_delete: list[str], changes: list, resume_state: dict | None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if to_delete:
+        for name in to_delete:
+            (out_dir / name).unlink()
+        shutil.rmtree(out_dir / "tb", ignore_errors=True)
+        print(f"overwrite=true: deleted {', '.join(to_delete)} and tb/ of the earlier run in {out_dir}")
+    if changes:
+        step = resume_state["step"]
+        if (out_dir / "config.yaml").is_file():
+            os.replace(out_dir / "config.yaml", out_dir / f"config.step{step}.yaml")
+        print(f"resume at step {step} with changed settings (applied; the earlier ones are kept in "
+              f"config.step{step}.yaml): " + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes))
 
 
 def teardown(run: Run) -> None:
@@ -181,230 +222,220 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def epoch_loader(dataset, run: Run, batch_size: int, epoch: int, start_batch: int = 0,
-                 shuffle: bool = True, drop_last: bool = True) -> torch.utils.data.DataLoader:
-    """DataLoader over this rank's shard of `epoch` (DistributedSampler order, seed cfg.seed), skipping
-    the first `start_batch` batches (resume mid-epoch).  Worker seeds derive from (seed, epoch)."""
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=run.world_size, rank=run.rank,
-                                                  shuffle=shuffle, seed=run.cfg.seed, drop_last=drop_last)
-    sampler.set_epoch(epoch)
-    indices = list(sampler)[start_batch * batch_size:]
-    gen = torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch * 1_009 + run.rank)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=indices, drop_last=drop_last,
-                                       num_workers=run.cfg.num_workers, worker_init_fn=worker_init_fn,
-                                       generator=gen, persistent_workers=False,
-                                       pin_memory=run.device.type == "cuda")
-
-
-class BatchStream:
-    """Batches of `dataset` by optimizer step: step t reads batch t % steps_per_epoch of epoch
-    t // steps_per_epoch (epoch_loader order), so a resumed run reads the same batches."""
-
-    def __init__(self, dataset, run: Run, batch_size: int, steps_per_epoch: int):
-        self.dataset, self.run, self.batch_size, self.spe = dataset, run, batch_size, steps_per_epoch
-        self.iterator, self.next_step = None, None
-
-    def batch(self, step: int) -> dict:
-        if self.iterator is None or step != self.next_step or step % self.spe == 0:
-            epoch, start = divmod(step, self.spe)
-            self.iterator = iter(epoch_loader(self.dataset, self.run, self.batch_size, epoch, start))
-        self.next_step = step + 1
-        return next(self.iterator)
-
-
 # ---------------------------------------------------------------------------------------------
-# checkpoints
-def rng_state(generators: Iterable[torch.Generator] = ()) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "generators": [g.get_state() for g in generators]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+# the pieces of the loop
+@dataclass
+class _Trainer:
+    """The objects a checkpoint holds, and the bookkeeping of when to write one."""
+    run: Run
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    generators: list
+    state_extra: dict
+    steps_per_epoch: int
+    best: float = math.inf
+    last_write: float = dataclasses.field(default_factory=time.time)
+    written: set = dataclasses.field(default_factory=set)
+
+    def state(self, step: int, with_optimizer: bool = True) -> dict:
+        o, s = self.optimizer, self.scheduler
+        return {"model": unwrap(self.model).state_dict(), "optimizer": o.state_dict() if with_optimizer else None,
+                "scheduler": s.state_dict() if s is not None else None, "scaler": self.scaler.state_dict(),
+                "step": step, "epoch": step // self.steps_per_epoch, "best": self.best,
+                "rng": rng_state(self.generators), "config": self.run.cfg.to_dict(),
+                "hand_model": self.run.hand_model,
+                "extra": {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in self.state_extra.items()}}
+
+    def save(self, name: str, step: int) -> None:
+        if self.run.is_main:
+            save_checkpoint(self.run.out_dir / name, self.state(step))
+            self.written.add(name)
+            self.last_write = time.time()
+
+    def due(self) -> bool:
+        minutes = self.run.cfg.checkpoint_interval_min
+        return minutes > 0 and time.time() - self.last_write >= 60.0 * minutes
 
 
-def set_rng_state(state: dict, generators: Iterable[torch.Generator] = ()) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    for g, s in zip(generators, state["generators"]):
-        g.set_state(s)
+def _scheduled_lrs(scheduler) -> list[float]:
+    if hasattr(scheduler, "_get_closed_form_lr"):
+        return scheduler._get_closed_form_lr()
+    with warnings.catch_warnings():     # get_lr() outside step() warns; LambdaLR's is closed-form
+        warnings.simplefilter("ignore")
+        return scheduler.get_lr()
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """torch.save to a temporary file then os.replace: a killed run never leaves a partial file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read one of our checkpoints; CheckpointError names the file when it is missing or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+def _resume(t: _Trainer) -> int:
+    """Restore run.resume_state into the trainer; optimizer and scheduler keep the settings they were
+    built with now (lr, weight decay, betas, step size, gamma) with the saved moments and position."""
+    run, ck = t.run, t.run.resume_state
+    path = run.out_dir / "latest.pt"
+    check_hand_model(ck, run.hand_model, path, run.cfg.hand_model_check)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}") from e
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"checkpoint {path} holds no 'model' entry")
-    return state
+        unwrap(t.model).load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit this network ({str(e).splitlines()[0]} ...); "
+                              f"was it trained with other architecture settings?") from None
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in t.optimizer.param_groups]
+    t.optimizer.load_state_dict(ck["optimizer"])
+    changed = any(any(g.get(k) != v for k, v in f.items() if k != "lr") for g, f in zip(t.optimizer.param_groups, fresh))
+    for g, f in zip(t.optimizer.param_groups, fresh):
+        g.update({k: v for k, v in f.items() if k != "lr"})
+    if t.scheduler is not None and ck["scheduler"] is not None:
+        own = t.scheduler.state_dict()
+        counters = ("last_epoch", "_step_count")
+        changed |= any(own.get(k) != v for k, v in ck["scheduler"].items() if k not in counters + ("_last_lr",))
+        for k in counters:
+            setattr(t.scheduler, k, ck["scheduler"][k])
+        if changed or not hasattr(t.scheduler, "_get_closed_form_lr"):
+            lrs = _scheduled_lrs(t.scheduler)
+            for g, lr in zip(t.optimizer.param_groups, lrs):
+                g["lr"] = lr
+        t.scheduler._last_lr = [g["lr"] for g in t.optimizer.param_groups]
+    t.scaler.load_state_dict(ck["scaler"])
+    for k, v in t.state_extra.items():
+        v.load_state_dict(ck["extra"][k])
+    set_rng_state(ck["rng"], t.generators)
+    t.best = ck["best"]
+    run.print(f"resumed from {path} at step {ck['step']} (epoch {ck['epoch']}), lr {t.optimizer.param_groups[0]['lr']:.3g}")
+    return ck["step"]
 
 
-def load_weights(model: nn.Module, path: str | Path, run: Run | None = None) -> tuple[list, list]:
-    """Name-matched load of a checkpoint's model weights (shapes must agree); returns (missing, unexpected)."""
-    state = load_checkpoint(path)["model"]
-    own = unwrap(model).state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in usable]
-    unexpected = [k for k in state if k not in usable]
-    unwrap(model).load_state_dict(usable, strict=False)
-    if run is not None:
-        run.print(f"initialised from {path}: {len(usable)} tensors loaded, {len(missing)} missing, "
-                  f"{len(unexpected)} unused")
-    return missing, unexpected
+class _FiniteGuard:
+    """Keeps a copy of the model state from before the current step; a non-finite loss, gradient or
+    updated weight restores it, saves it as last_good.pt and raises NonFiniteLoss."""
+
+    def __init__(self, t: _Trainer, check_grads: bool):
+        self.t, self.check_grads = t, check_grads
+        self.tensors = list(unwrap(t.model).state_dict().values())    # share storage with the model
+        self.saved = [x.detach().clone() for x in self.tensors]
+        self.params = [p for p in t.model.parameters() if p.requires_grad]
+        self.step, self.rng = 0, None
+
+    def before(self, step: int) -> None:
+        with torch.no_grad():
+            for dst, src in zip(self.saved, self.tensors):
+                dst.copy_(src)
+        self.step, self.rng = step, rng_state(self.t.generators) if self.t.run.is_main else None
+
+    def losses(self, losses: dict) -> None:
+        if not _all_finite(list(losses.values()), self.t.run):
+            terms = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in losses.items())
+            self._fail(f"non-finite loss at step {self.step}: {terms}", with_optimizer=True)
+
+    def gradients(self) -> None:
+        if self.check_grads and not _all_finite([p.grad for p in self.params if p.grad is not None], self.t.run):
+            names = [n for n, p in unwrap(self.t.model).named_parameters()
+                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            self._fail(f"non-finite gradient at step {self.step} in {len(names)} tensor(s), e.g. {names[:3]}",
+                       with_optimizer=True)
+
+    def weights(self) -> None:
+        if not _all_finite(self.tensors, self.t.run):
+            self._fail(f"the optimizer step {self.step} made weights non-finite (learning rate too high?)",
+                       with_optimizer=False)
+
+    def _fail(self, what: str, with_optimizer: bool) -> None:
+        with torch.no_grad():
+            for dst, src in zip(self.tensors, self.saved):
+                dst.copy_(src)
+        path = self.t.run.out_dir / "last_good.pt"
+        if self.t.run.is_main:
+            st = self.t.state(self.step, with_optimizer)
+            st["rng"] = self.rng
+            save_checkpoint(path, st)
+        raise NonFiniteLoss(f"{what}; the weights from before this step were saved to {path}")
 
 
-def _state(run: Run, model, optimizer, scheduler, scaler, step, epoch, best, generators, state_extra) -> dict:
-    return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "best": best,
-            "rng": rng_state(generators), "config": run.cfg.to_dict(),
-            "extra": {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in (state_extra or {}).items()}}
-
-
-# ---------------------------------------------------------------------------------------------
-# images
-def image_grid(depth: Tensor, rendered: Tensor | None = None, joints_uvd: Tensor | None = None,
-               n: int = 8) -> Tensor:
-    """Rows of [input depth with joints drawn | rendered hand] for the first n samples.
-
-    depth, rendered (B, 1, S, S) normalized (background +1); joints_uvd (B, J, 3) nu.
-    Returns an RGB image (3, n*S, 2*S) float in [0, 1] for SummaryWriter.add_image.
-    """
-    import cv2
-    from render.camera import norm_to_crop_px
-
-    n = min(n, depth.shape[0])
-    S = depth.shape[-1]
-    rows = []
-    for b in range(n):
-        tiles = []
-        for img in (depth, rendered):
-            if img is None:
-                tiles.append(np.zeros((S, S, 3), np.float32))
-                continue
-            g = ((1.0 - img[b, 0].detach().float().clamp(-1, 1).cpu().numpy()) / 2.0).astype(np.float32)
-            tiles.append(np.repeat(g[..., None], 3, axis=-1).copy())
-        if joints_uvd is not None:
-            uv = norm_to_crop_px(joints_uvd[b, :, :2].detach().float().cpu(), S).numpy()
-            for k, (u, v) in enumerate(uv):
-                if np.isfinite(u) and np.isfinite(v):
-                    color = (1.0, 0.2 + 0.6 * (k % 3) / 2, 0.1) if k else (0.1, 0.9, 0.1)
-                    cv2.circle(tiles[0], (int(round(u)), int(round(v))), 2, color, -1)
-        rows.append(np.concatenate(tiles, axis=1))
-    return torch.from_numpy(np.concatenate(rows, axis=0)).permute(2, 0, 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# the loop
-def _all_finite(losses: dict, run: Run) -> bool:
-    ok = torch.tensor([all(bool(torch.isfinite(v.detach()).all()) for v in losses.values())], dtype=torch.float32)
+def _all_finite(tensors: list[Tensor], run: Run) -> bool:
+    ok = torch.stack([torch.isfinite(x.detach()).all() for x in tensors]).all().float().reshape(1).cpu() \
+        if tensors else torch.ones(1)
     if run.distributed:
         ok = ok.to(run.device)
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item() > 0)
 
 
+def _log(run: Run, bar, done: int, start: int, total: int, losses: dict, lr: float, t0: float, spe: int) -> None:
+    cfg = run.cfg
+    if not run.is_main or not (done % cfg.log_interval == 0 or done == total):
+        return
+    run.log_scalars(done, {k: v.detach() for k, v in losses.items()}, "train")
+    run.log_scalars(done, {"lr": lr}, "train")
+    bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", epoch=(done - 1) // spe)
+    if not cfg.progress:   # plain log lines instead of the bar
+        per = (time.time() - t0) / (done - start)
+        print(f"step {done}/{total} loss {float(losses['loss'].detach()):.4f} "
+              f"({per:.2f} s/step, ETA {per * (total - done) / 60:.1f} min)", flush=True)
+
+
+def _validate(t: _Trainer, bar, validate_fn, best_key: str, step: int, done: int) -> dict:
+    """Validate (rank 0), write latest.pt and, when best_key improved, best.pt."""
+    run, val, improved = t.run, {}, True
+    if run.is_main and validate_fn is not None:
+        val = validate_fn(step)
+        run.log_scalars(done, val, "val")
+        bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
+        improved = val[best_key] < t.best
+        t.best = min(t.best, val[best_key])
+    t.save("latest.pt", done)
+    if improved:
+        t.save("best.pt", done)
+    run.barrier()
+    return val
+
+
 def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, step_fn: StepFn,
           total_steps: int, steps_per_epoch: int, validate_fn: Callable[[int], dict] | None = None,
           best_key: str = "", generators: Iterable[torch.Generator] = (), image_fn=None,
           state_extra: dict | None = None) -> dict:
-    """Run optimizer steps [start, total_steps); returns {'step', 'best', 'last_losses', 'val', 'seconds'}.
+    """Run optimizer steps [start, total_steps); returns {'step', 'best', 'last_losses', 'val', 'seconds',
+    'checkpoints' (names written by this call)}.
 
     step_fn(step) -> dict of scalar loss tensors with key 'loss' (the one optimised); the engine calls
     backward (through the AMP scaler), optimizer.step, scheduler.step at epoch ends, logs every term at
     cfg.log_interval (prefix 'train/', plus 'train/lr') and images from image_fn(step) -> {tag: (3,H,W)}
     at cfg.image_log_interval.  state_extra: {name: object with state_dict/load_state_dict} saved too.
     """
-    cfg, generators = run.cfg, list(generators)
-    steps_per_epoch = max(1, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda" and cfg.amp == "fp16")
-    start, best, val = 0, math.inf, {}
-    latest = run.out_dir / "latest.pt"
-    if cfg.resume:
-        if not latest.is_file():
-            raise CheckpointError(f"resume=true but {latest} does not exist")
-        ck = load_checkpoint(latest)
-        unwrap(model).load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scheduler is not None and ck["scheduler"] is not None:
-            scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        for k, v in (state_extra or {}).items():
-            v.load_state_dict(ck["extra"][k])
-        set_rng_state(ck["rng"], generators)
-        start, best = ck["step"], ck["best"]
-        run.print(f"resumed from {latest} at step {start} (epoch {ck['epoch']})")
-
-    def checkpoint(name: str, step: int) -> None:
-        if run.is_main:
-            save_checkpoint(run.out_dir / name, _state(run, model, optimizer, scheduler, scaler, step,
-                                                       step // steps_per_epoch, best, generators, state_extra))
-
     from tqdm import tqdm
+    cfg, spe = run.cfg, max(1, steps_per_epoch)
+    if total_steps <= 0:
+        raise ConfigError(f"{cfg.train_stage}: the schedule has no step (epochs={cfg.epochs}, max_steps={cfg.max_steps})")
+    scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda" and cfg.amp == "fp16")
+    t = _Trainer(run, model, optimizer, scheduler, scaler, list(generators), state_extra or {}, spe)
+    start = _resume(t) if run.resume_state is not None else 0
+    if start >= total_steps:
+        run.print(f"{run.out_dir / 'latest.pt'} is at step {start} >= {total_steps} steps asked: nothing to train")
+    guard = _FiniteGuard(t, check_grads=not scaler.is_enabled())   # fp16's scaler skips inf steps itself
     bar = tqdm(total=total_steps, initial=start, disable=not (run.is_main and cfg.progress),
                dynamic_ncols=True, desc=f"{cfg.train_stage}")
-    t0, losses = time.time(), {}
-    val_every = cfg.val_interval if cfg.val_interval > 0 else steps_per_epoch
+    t0, losses, val = time.time(), {}, {}
+    val_every = cfg.val_interval if cfg.val_interval > 0 else spe
     for step in range(start, total_steps):
         model.train()
-        rng_before = rng_state(generators) if run.is_main else None
+        guard.before(step)
         losses = step_fn(step)
-        if not _all_finite(losses, run):
-            terms = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in losses.items())
-            if run.is_main:
-                st = _state(run, model, optimizer, scheduler, scaler, step, step // steps_per_epoch, best,
-                            generators, state_extra)
-                st["rng"] = rng_before
-                save_checkpoint(run.out_dir / "last_good.pt", st)
-            raise NonFiniteLoss(f"non-finite loss at step {step}: {terms}; weights before this step saved to "
-                                f"{run.out_dir / 'last_good.pt'}")
+        guard.losses(losses)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
+        guard.gradients()
         scaler.step(optimizer)
         scaler.update()
+        guard.weights()
         done = step + 1
-        if scheduler is not None and done % steps_per_epoch == 0:
+        if scheduler is not None and done % spe == 0:
             scheduler.step()
-        if run.is_main and (done % cfg.log_interval == 0 or done == total_steps):
-            run.log_scalars(done, {k: v.detach() for k, v in losses.items()}, "train")
-            run.log_scalars(done, {"lr": optimizer.param_groups[0]["lr"]}, "train")
-            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", epoch=step // steps_per_epoch)
-            if not cfg.progress:   # plain log lines instead of the bar
-                per = (time.time() - t0) / (done - start)
-                print(f"step {done}/{total_steps} loss {float(losses['loss'].detach()):.4f} "
-                      f"({per:.2f} s/step, ETA {per * (total_steps - done) / 60:.1f} min)", flush=True)
+        _log(run, bar, done, start, total_steps, losses, optimizer.param_groups[0]["lr"], t0, spe)
         if run.is_main and image_fn is not None and cfg.image_log_interval > 0 and done % cfg.image_log_interval == 0:
             for tag, img in image_fn(step).items():
                 run.writer.add_image(tag, img, done)
         bar.update(1)
         if done % val_every == 0 or done == total_steps:
-            if run.is_main and validate_fn is not None:
-                val = validate_fn(step)
-                run.log_scalars(done, val, "val")
-                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
-                improved = val[best_key] < best
-                best = min(best, val[best_key])
-            else:
-                improved = True
-            checkpoint("latest.pt", done)
-            if improved or validate_fn is None:
-                checkpoint("best.pt", done)
-            run.barrier()
+            val = _validate(t, bar, validate_fn, best_key, step, done)
+        elif t.due():
+            t.save("latest.pt", done)
     bar.close()
-    return {"step": total_steps, "best": best, "val": val, "seconds": time.time() - t0,
-            "last_losses": {k: float(v.detach()) for k, v in losses.items()}}
+    return {"step": max(start, total_steps), "best": t.best, "val": val, "seconds": time.time() - t0,
+            "checkpoints": sorted(t.written), "last_losses": {k: float(v.detach()) for k, v in losses.items()}}

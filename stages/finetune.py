@@ -18,8 +18,10 @@ from config import Config
 from losses.finetune import real_losses, synthetic_losses
 from render.camera import crop_frame_mask, crop_intrinsics
 from stages import engine
-from stages.pretrain import (build_network, finish, image_fn_for, load_transfer, make_optimizer, network_input,
-                             real_splits, schedule)
+from stages.common import (build_network, finish, load_transfer, make_optimizer, network_input, real_splits,
+                           schedule)
+from stages.images import ImageLog
+from stages.loaders import BatchStream
 
 REAL_KEYS = ("depth", "center", "cube", "M", "K")  # the only entries of a real sample the loop reads
 
@@ -79,9 +81,9 @@ def run(cfg: Config) -> dict:
     opt, sched = make_optimizer(model, cfg)
     synth_gen = torch.Generator().manual_seed(r.seed)
     point_gen = torch.Generator().manual_seed(r.seed + 1)
-    stream = engine.BatchStream(train_set, r, B, spe)
+    stream = BatchStream(train_set, r, B, spe)
     frame_hw = (cfg.image_height, cfg.image_width)
-    last: dict = {}
+    images = ImageLog("finetune", cfg, renderer)
 
     def step_fn(step: int) -> dict[str, Tensor]:
         s = synth.batch(B, synth_gen, dev)
@@ -91,7 +93,7 @@ def run(cfg: Config) -> dict:
         synth_terms = synthetic_losses(outs_s, s, hand_model, cfg)
         x = real_inputs(stream.batch(step), dev, frame_hw)
         real_sum, real_terms, stats, outs_r = real_loss_total(model, x, renderer, hand_model, cfg, r, point_gen)
-        last.update(outs=outs_r, net_in=x["depth"], ref=x["depth"])
+        images.keep(outs_r, x["depth"], x["depth"], x["center"], x["cube"], x["K_crop"])
         out = {"loss": sum(synth_terms.values()) + real_sum, **synth_terms, **real_terms}
         out.update({f"stat/{k}": torch.tensor(v) for k, v in stats.items()})
         return out
@@ -102,5 +104,5 @@ def run(cfg: Config) -> dict:
         validate_fn = lambda step: validate(engine.unwrap(model), val_loader, renderer, hand_model, cfg, r)  # noqa: E731
         best_key = "selfsup_loss"
     result = engine.train(r, model, opt, sched, step_fn, total, spe, validate_fn=validate_fn, best_key=best_key,
-                          generators=[synth_gen, point_gen], image_fn=image_fn_for(last, cfg))
+                          generators=[synth_gen, point_gen], image_fn=images)
     return finish(r, result)

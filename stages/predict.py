@@ -40,7 +40,8 @@ class Predictor:
         from models.dual_branch import DualBranchNet
         from models.mano import build_hand_model
         from render.hand_renderer import HandRenderer
-        from stages.engine import load_checkpoint, select_device
+        from stages.checkpoints import check_hand_model, load_checkpoint
+        from stages.engine import select_device
 
         if not cfg.load_model:
             raise ValueError(f"phase={cfg.phase} needs load_model=<checkpoint .pt>")
@@ -48,6 +49,7 @@ class Predictor:
         ckpt = load_checkpoint(Path(cfg.load_model), map_location="cpu")
         net_cfg = network_config(cfg, ckpt.get("config"))
         hand_model = build_hand_model(net_cfg).to(device)
+        check_hand_model(ckpt, hand_model.identity(), cfg.load_model, cfg.hand_model_check)
         net = DualBranchNet(net_cfg, HandRenderer(hand_model, size=camera.CROP_SIZE)).to(device)
         net.load_state_dict(ckpt["model"])
         return Predictor(net_cfg, net, hand_model, device)

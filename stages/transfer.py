@@ -159,8 +159,8 @@ def build_pose_term(cfg: Config, renderer, device: torch.device) -> Callable[[di
 
     from losses.translation import pose_consistency
     from models.dual_branch import DualBranchNet
-    from stages import engine
-    ck = engine.load_checkpoint(cfg.gan_pose_net)
+    from stages.checkpoints import load_checkpoint
+    ck = load_checkpoint(cfg.gan_pose_net)
     arch = {k: ck["config"][k] for k in ("net", "stage_num", "map_size") if k in ck.get("config", {})}
     net = DualBranchNet(dataclasses.replace(cfg, **arch), renderer).to(device)
     net.load_state_dict(ck["model"])
@@ -192,7 +192,8 @@ def run(cfg: Config) -> dict:
     from render.camera import CROP_SIZE
     from render.hand_renderer import HandRenderer
     from stages import engine
-    from stages.pretrain import ensure_real_data
+    from stages.common import ensure_real_data, finish
+    from stages.loaders import BatchStream
     run_ = engine.setup(cfg)
     ensure_real_data(cfg, run_)
     dev, B = run_.device, cfg.gan_batch_size
@@ -203,6 +204,7 @@ def run(cfg: Config) -> dict:
     total = spe * (cfg.gan_epochs_constant + cfg.gan_epochs_decay)
     total = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
     hand_model = build_hand_model(cfg).to(dev)
+    run_.hand_model = hand_model.identity()
     renderer = HandRenderer(hand_model, size=CROP_SIZE)
     renderer = renderer.to(dev) if isinstance(renderer, nn.Module) else renderer
     synth = SyntheticHands(cfg, hand_model, renderer, cfg.gan_synth_rotation)
@@ -213,7 +215,7 @@ def run(cfg: Config) -> dict:
     pools = {"pool_A": ImagePool(cfg.gan_pool_size, pool_gen), "pool_B": ImagePool(cfg.gan_pool_size, pool_gen)}
     pose_for = build_pose_term(cfg, renderer, dev)
     val_clean, val_cube = held_out_synthetic(synth, cfg.val_size, cfg.seed + 104_729, dev)
-    stream, last = engine.BatchStream(real, run_, B, spe), {}
+    stream, last = BatchStream(real, run_, B, spe), {}
     run_.print(f"transfer: A = synthetic clean crops (rotation {cfg.gan_synth_rotation}, occlusion "
                f"{cfg.synth_occlusion}), B = {len(real)} real '{cfg.dataset}' training crops; G ngf={cfg.gan_ngf} "
                f"blocks={cfg.gan_blocks}{' residual' if cfg.gan_residual else ''}, D ndf={cfg.gan_ndf}; batch {B}, {spe} steps/epoch, {total} steps; "
@@ -238,5 +240,4 @@ def run(cfg: Config) -> dict:
     result = engine.train(run_, net, opt, sched, step_fn, total, spe, validate_fn=validate_fn, best_key="select",
                           generators=[gen, pool_gen], image_fn=lambda step: {"transfer/images": translation_grid(last)},
                           state_extra=pools)
-    engine.teardown(run_)
-    return result
+    return finish(run_, result)

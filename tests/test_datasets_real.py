@@ -265,17 +265,19 @@ def test_augmentation_moves_labels_with_image(nyu_root):
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # reproducible under a seeded run
 
 
-def test_worker_generators_differ_and_reproduce(nyu_root):
+def test_augmentation_is_per_item_and_epoch_not_per_worker(nyu_root):
+    """A crop depends on (seed, epoch, item) only: the same with 0 or 2 workers and in any order, so a
+    resumed run reads the same crops; it differs between epochs and between seeds."""
     ds = build_dataset(nyu_cfg(nyu_root, val_fraction=0.0, max_frames=4), "train", labels=True)
-    big = torch.utils.data.ConcatDataset([ds, ds])
 
-    def run():
-        torch.manual_seed(7)
-        dl = torch.utils.data.DataLoader(big, batch_size=4, num_workers=2)
-        return torch.cat([b["joints_uvd"] for b in dl])
-    x, y = run(), run()
-    assert torch.equal(x, y)
-    assert not torch.equal(x[:4], x[4:])  # the two workers draw differently for the same frames
+    def labels(epoch, seed=0, workers=0, order=(0, 1, 2, 3)):
+        ds.set_epoch(epoch, seed)
+        dl = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=workers, sampler=list(order))
+        got = {i: b["joints_uvd"][0] for i, b in zip(order, dl)}
+        return torch.stack([got[i] for i in range(4)])
+    base = labels(1)
+    assert torch.equal(base, labels(1, workers=2)) and torch.equal(base, labels(1, order=(3, 1, 0, 2)))
+    assert not torch.equal(base, labels(2)) and not torch.equal(base, labels(1, seed=5))
 
 
 def test_labels_false_never_reads_labels(nyu_root, tmp_path, monkeypatch):

@@ -11,6 +11,8 @@ from torch import nn
 
 from config import make_config
 from stages import engine
+from stages.checkpoints import CheckpointError, load_checkpoint
+from stages.images import image_grid
 
 
 def _cfg(out_dir, **kw):
@@ -45,7 +47,7 @@ def _train(cfg, total, validate=True, step_fn_wrap=None):
     model, opt, sched, gen, step_fn, record = _problem(run)
     fn = step_fn if step_fn_wrap is None else step_fn_wrap(step_fn)
     val = (lambda step: {"err": float(sum(p.detach().abs().sum() for p in model.parameters()))}) if validate else None
-    imgs = lambda step: {"grid": engine.image_grid(torch.ones(2, 1, 16, 16), None, None)}  # noqa: E731
+    imgs = lambda step: {"grid": image_grid(torch.ones(2, 1, 16, 16), None, None)}  # noqa: E731
     out = engine.train(run, model, opt, sched, fn, total, steps_per_epoch=3, validate_fn=val,
                        best_key="err", generators=[gen], image_fn=imgs)
     engine.teardown(run)
@@ -57,7 +59,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     _, first, _ = _train(_cfg(tmp_path / "b"), 6)       # "killed" after its epoch-2 checkpoint
     model_b, rest, _ = _train(_cfg(tmp_path / "b", resume=True), 10)
     assert first + rest == full
-    ck = engine.load_checkpoint(tmp_path / "b" / "latest.pt")
+    ck = load_checkpoint(tmp_path / "b" / "latest.pt")
     assert ck["step"] == 10 and ck["epoch"] == 3 and ck["config"]["resume"] is True
     assert ck["scheduler"]["last_epoch"] == 3                 # StepLR stepped once per 3-step epoch
     assert (tmp_path / "b" / "best.pt").is_file() and (tmp_path / "b" / "config.yaml").is_file()
@@ -81,7 +83,7 @@ def test_nan_guard_saves_last_good_and_names_step(tmp_path):
     with pytest.raises(engine.NonFiniteLoss, match=r"step 4: loss=nan, mse="):
         engine.train(run, model, opt, sched, fn, 10, 3, generators=[gen])
     engine.teardown(run)
-    good = engine.load_checkpoint(tmp_path / "last_good.pt")
+    good = load_checkpoint(tmp_path / "last_good.pt")
     assert good["step"] == 4
     for k, v in model.state_dict().items():                  # the weights were not touched by the NaN step
         assert torch.equal(good["model"][k], v)
@@ -90,19 +92,16 @@ def test_nan_guard_saves_last_good_and_names_step(tmp_path):
 def test_corrupt_checkpoint_names_the_file(tmp_path):
     bad = tmp_path / "latest.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(engine.CheckpointError, match=str(bad)):
-        engine.load_checkpoint(bad)
-    run = engine.setup(_cfg(tmp_path, resume=True))
-    model, opt, sched, gen, step_fn, _ = _problem(run)
-    with pytest.raises(engine.CheckpointError, match="latest.pt"):
-        engine.train(run, model, opt, sched, step_fn, 4, 2)
-    engine.teardown(run)
+    with pytest.raises(CheckpointError, match=str(bad)):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="latest.pt"):
+        engine.setup(_cfg(tmp_path, resume=True))
 
 
 def test_image_grid_draws_joints():
     depth = torch.ones(3, 1, 32, 32)
     joints = torch.zeros(3, 21, 3)                  # every joint at the crop centre
-    img = engine.image_grid(depth, torch.zeros(3, 1, 32, 32), joints, n=2)
+    img = image_grid(depth, torch.zeros(3, 1, 32, 32), joints, n=2)
     assert img.shape == (3, 64, 64)
     assert img[:, 16, 16].sum() > 0 and img[:, 2, 2].sum() == 0   # joint drawn, background black
     assert torch.allclose(img[:, 5, 40], torch.full((3,), 0.5))    # rendered tile: depth 0 -> grey

@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory) -> str:
     from models.dual_branch import DualBranchNet
     from models.mano import build_hand_model
     from render.hand_renderer import HandRenderer
-    from stages.engine import save_checkpoint
+    from stages.checkpoints import save_checkpoint
     cfg = make_config(net="tiny", hand_model="standin", device="cpu")
     torch.manual_seed(0)
     net = DualBranchNet(cfg, HandRenderer(build_hand_model(cfg), size=128))

@@ -151,7 +151,7 @@ def test_finetune_step_runs_changes_weights_and_never_reads_labels(tmp_path, mon
     from datasets.synthetic import SyntheticHands
     from models.dual_branch import DualBranchNet
     from render.hand_renderer import HandRenderer
-    from stages.engine import load_checkpoint, save_checkpoint
+    from stages.checkpoints import load_checkpoint, save_checkpoint
 
     args = ["train_stage=finetune", "dataset=nyu", "net=tiny", "batch_size=2", "max_steps=1", "num_workers=0",
             "device=cpu", "hand_model=standin", "progress=false", "log_interval=1", "image_log_interval=0",
@@ -169,8 +169,8 @@ def test_finetune_step_runs_changes_weights_and_never_reads_labels(tmp_path, mon
         assert labels is False and split in ("train", "val")
         return GuardDataset(real, 2)
 
-    import stages.pretrain
-    monkeypatch.setattr(stages.pretrain, "build_dataset", fake_build_dataset)  # real_splits' loader
+    import stages.common
+    monkeypatch.setattr(stages.common, "build_dataset", fake_build_dataset)  # real_splits' loader
     result = ft.run(cfg)
     assert sorted(calls) == [("train", False), ("val", False)]
     assert result["step"] == 1 and math.isfinite(result["last_losses"]["loss"])

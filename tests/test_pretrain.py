@@ -111,7 +111,7 @@ def test_overfit_few_fixed_samples_t20_small():
     """T20 in small form: tiny net, 2 fixed synthetic samples, 25 steps -> loss and PWE term fall >= 5x."""
     from datasets.synthetic import SyntheticHands
     from render import camera
-    from stages.pretrain import build_parts
+    from stages.common import build_parts
 
     torch.manual_seed(0)
     cfg = make_config([], net="tiny", stage_num=1, hand_model="standin", device="cpu")
@@ -151,7 +151,7 @@ class _LabelledNyuLike(torch.utils.data.Dataset):
     def __init__(self, cfg, n, seed):
         from datasets.joints import NYU14
         from datasets.synthetic import SyntheticHands
-        from stages.pretrain import build_parts
+        from stages.common import build_parts
         hand, rend, _ = build_parts(cfg, torch.device("cpu"))
         s = SyntheticHands(cfg, hand, rend, "none").batch(n, torch.Generator().manual_seed(seed), "cpu")
         ids = [k if k is not None else 0 for k in NYU14.to_network]
@@ -170,7 +170,7 @@ class _LabelledNyuLike(torch.utils.data.Dataset):
 
 
 def test_supervised_stage_uses_mapped_real_labels(tmp_path, monkeypatch):
-    from stages import pretrain
+    from stages import common, supervised
     cfg = _stage_cfg(tmp_path, dataset="nyu", train_stage="supervised", stage_num=1, max_steps=2)
     sets = {"train": _LabelledNyuLike(cfg, 4, 1), "val": _LabelledNyuLike(cfg, 2, 2)}
     calls = []
@@ -179,8 +179,8 @@ def test_supervised_stage_uses_mapped_real_labels(tmp_path, monkeypatch):
         calls.append((split, labels))
         return sets[split]
 
-    monkeypatch.setattr(pretrain, "build_dataset", fake_build)
-    out = pretrain.run(cfg)
+    monkeypatch.setattr(common, "build_dataset", fake_build)
+    out = supervised.run(cfg)
     assert calls == [("train", True), ("val", True)]
     assert set(out["last_losses"]) == {"loss", "s1/maps", "s1/pwe_joints", "s1/mpe_joints", "s1/shape_prior",
                                        "s1/scale"}            # no vertex term on real data

@@ -204,10 +204,10 @@ def test_single_backward_equals_alternating_updates():
     assert all(g is not None for n, g in zip(names, d_grads) if n.startswith("D_"))
 
 
-def train_tiny(steps: int, lr: float = 2e-3):
+def train_tiny(steps: int, lr: float = 2e-3, **kw):
     from stages.transfer import ConsisCycleGAN, cyclegan_losses, make_optimizer
     torch.manual_seed(0)
-    cfg = tiny_cfg(gan_lr=lr)
+    cfg = tiny_cfg(gan_lr=lr, **kw)
     model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf)
     opt, _ = make_optimizer(model, cfg)
     pool = ImagePool(4, torch.Generator().manual_seed(0)), ImagePool(4, torch.Generator().manual_seed(1))
@@ -222,12 +222,22 @@ def train_tiny(steps: int, lr: float = 2e-3):
     return model, cfg, hist
 
 
-def test_steps_reduce_losses():
-    _, _, hist = train_tiny(25)
-    for key in ("fg", "cyc", "idt", "G"):
-        first, last = sum(h[key] for h in hist[:3]) / 3, sum(h[key] for h in hist[-3:]) / 3
-        assert last < 0.7 * first, (key, first, last)
+def _mean(hist, key, rows):
+    return sum(h[key] for h in hist[rows]) / len(hist[rows])
+
+
+def test_steps_reduce_losses_and_hand_term_keeps_the_hand():
+    """60 steps: the reconstruction terms fall far (measured ~11x, asserted 3x) and so does L_G; the
+    hand consistency is a constraint, not a falling curve: it is judged against the same run without
+    it (measured 0.072 vs 0.151 nu, asserted a 0.7x margin)."""
+    _, _, hist = train_tiny(60)
+    for key, factor in (("cyc", 0.3), ("idt", 0.3), ("G", 0.5)):
+        first, last = _mean(hist, key, slice(0, 3)), _mean(hist, key, slice(-10, None))
+        assert last < factor * first, (key, first, last)
     assert all(torch.isfinite(torch.tensor(h["D"])) for h in hist)
+    _, _, free = train_tiny(60, w_gan_fg=0.0)
+    kept, drift = _mean(hist, "fg", slice(-10, None)), _mean(free, "fg", slice(-10, None))
+    assert kept < 0.7 * drift, (kept, drift)
 
 
 def test_lr_schedule():
@@ -278,6 +288,11 @@ class _FakeHands:
         return {"clean": blob_crops(batch_size, 32, seed).to(device), "cube": torch.full((batch_size, 3), 250.0)}
 
 
+class _FakeHandModel(nn.Identity):
+    def identity(self):
+        return {"kind": "standin", "fingerprint": "0" * 16}
+
+
 def test_stage_runs_checkpoints_and_resumes(tmp_path, monkeypatch):
     import sys
     import types
@@ -286,7 +301,8 @@ def test_stage_runs_checkpoints_and_resumes(tmp_path, monkeypatch):
     import datasets.synthetic
     from stages import transfer
     mano, rend = types.ModuleType("models.mano"), types.ModuleType("render.hand_renderer")
-    mano.build_hand_model = lambda cfg: nn.Identity()
+    mano.build_hand_model = lambda cfg: _FakeHandModel()
+    mano.resolved_hand_model = lambda cfg: "standin"
     rend.HandRenderer = lambda hand, size: None
     monkeypatch.setitem(sys.modules, "models.mano", mano)
     monkeypatch.setitem(sys.modules, "render.hand_renderer", rend)
