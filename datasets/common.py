@@ -40,6 +40,7 @@ class FrameTable:
     centers: np.ndarray
     cubes: np.ndarray
     joints_xyz: np.ndarray | None = None
+    dropped: dict = dataclasses.field(default_factory=dict)   # frame id -> why it is not in the table
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -47,7 +48,7 @@ class FrameTable:
     def subset(self, rows: np.ndarray) -> "FrameTable":
         rows = np.asarray(rows, dtype=np.int64)
         return FrameTable([self.paths[r] for r in rows], self.ids[rows], self.centers[rows], self.cubes[rows],
-                          None if self.joints_xyz is None else self.joints_xyz[rows])
+                          None if self.joints_xyz is None else self.joints_xyz[rows], dict(self.dropped))
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,9 @@ def select_split(table: FrameTable, split: str, val_fraction: float, max_frames:
         table = table.subset(tr if split == "train" else va)
     elif split != "test":
         raise ValueError(f"split must be train, val or test, got {split!r}")
-    if max_frames > 0:
-        table = table.subset(np.arange(min(max_frames, len(table))))
+    if max_frames > 0 and len(table) > max_frames:
+        table = table.subset(np.arange(max_frames))
+        table.dropped = {i: why for i, why in table.dropped.items() if i < table.ids[-1]}
     return table
 
 
@@ -194,7 +196,9 @@ def drop_invalid(table: FrameTable, valid: np.ndarray, what: str) -> FrameTable:
     if valid.all():
         return table
     log.warning("%s: %d of %d frames skipped for an invalid centre", what, int((~valid).sum()), len(valid))
-    return table.subset(np.flatnonzero(valid))
+    kept = table.subset(np.flatnonzero(valid))
+    kept.dropped.update({int(i): "invalid centre" for i in table.ids[~valid]})
+    return kept
 
 
 # ---- dataset -------------------------------------------------------------------------------------

@@ -79,8 +79,9 @@ def folder_sequence(root: str | Path, intrinsics: tuple[float, float, float, flo
     frames = sorted([p for p in root.iterdir() if p.suffix in (".png", ".npy")], key=_natural_key)
     if not frames:
         raise FileNotFoundError(f"no .png or .npy frames in '{root}'; {FOLDER_LAYOUT_HELP}")
-    k = _read_intrinsics_file(root) or intrinsics
-    return Sequence(root.name, root, frames, list(range(len(frames))), k, "folder")
+    from_file = _read_intrinsics_file(root)
+    return Sequence(root.name, root, frames, list(range(len(frames))), from_file or intrinsics, "folder",
+                    {"intrinsics_from": "file" if from_file else "config"})
 
 
 def _trim_table(root: Path) -> dict[tuple[int, int, int, int], tuple[int, int]]:

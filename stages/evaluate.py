@@ -12,7 +12,8 @@ Four predictions per frame: S1-PWE, S1-MPE, S2-PWE, S2-MPE (one stage: S1 only).
   (`stages.metrics`), so scoring the written files with phase=score gives the same numbers.
   Errors are averaged over all frames x joints, standard protocol and DSF protocol alongside.
 Writes into out_dir: s{1,2}_{pwe,mpe}_std_uvd.txt, s{1,2}_{pwe,mpe}_net21_uvd.txt, gt_std_uvd.txt,
-s{last}_mpe_params.txt (62 + C + b), metrics.json, curves_{standard,dsf}.csv/.png, optional OBJ meshes
+s{last}_mpe_params.txt (62 + C + b), frames.csv (frame id and status of every row; a test frame
+that could not be read keeps its row as NaN), metrics.json, curves_{standard,dsf}.csv/.png, optional OBJ meshes
 (save_meshes) and overlay PNGs (save_overlays).
 """
 from __future__ import annotations
@@ -185,6 +186,23 @@ def results_table(report: dict, dataset: str) -> str:
     return "\n".join(lines)
 
 
+def with_missing_rows(uvd: np.ndarray, index: np.ndarray, dropped: dict) -> np.ndarray:
+    """(N, J, 3) rows of the evaluated frames `index` -> rows of every frame (evaluated + dropped, in
+    frame order), NaN for a dropped frame: the public format has no frame ids, so a row must never go
+    missing."""
+    ids = np.union1d(index, np.fromiter(dropped, dtype=np.int64, count=len(dropped)))
+    out = np.full((len(ids),) + uvd.shape[1:], np.nan)
+    out[np.searchsorted(ids, index)] = uvd
+    return out
+
+
+def write_frame_list(path: Path, index: np.ndarray, dropped: dict) -> Path:
+    """frames.csv: one line per row of the benchmark files (frame id, evaluated or why not)."""
+    rows = sorted([(int(i), "evaluated") for i in index] + [(int(i), why) for i, why in dropped.items()])
+    path.write_text("frame,status\n" + "".join(f"{i},{why}\n" for i, why in rows))
+    return path
+
+
 def build_loader(cfg: Config):
     from datasets import build_dataset
     if cfg.dataset == "simreal":
@@ -211,10 +229,18 @@ def run(cfg: Config) -> dict:
                   cfg.progress)
     std_uvd, report, gt_uvd = score_all(col, cfg.dataset, mirror, None if palm is None else palm.palm_map,
                                         cfg.nyu_subject2_first_index)
-    files = [write_uvd_file(out_dir / "gt_std_uvd.txt", gt_uvd)]
+    dropped = getattr(getattr(loader.dataset, "table", None), "dropped", {})
+    full = lambda a: with_missing_rows(a, col.index, dropped) if dropped else a  # noqa: E731
+    files = [write_uvd_file(out_dir / "gt_std_uvd.txt", full(gt_uvd)), write_frame_list(out_dir / "frames.csv",
+                                                                                       col.index, dropped)]
     for key in col.net21:
-        files.append(write_uvd_file(out_dir / f"{key}_std_uvd.txt", std_uvd[key]))
-        files.append(write_uvd_file(out_dir / f"{key}_net21_uvd.txt", frame_uvd(col.net21[key], col.K, mirror)))
+        files.append(write_uvd_file(out_dir / f"{key}_std_uvd.txt", full(std_uvd[key])))
+        files.append(write_uvd_file(out_dir / f"{key}_net21_uvd.txt", full(frame_uvd(col.net21[key], col.K, mirror))))
+    if dropped:
+        first = sorted(dropped.items())[:3]
+        print(f"warning: {len(dropped)} test frame(s) could not be evaluated ({first} ...): their rows in the "
+              f"*_uvd.txt files are NaN (frames.csv lists every row); the errors below cover the "
+              f"{len(col.index)} evaluated frames")
     last = max(int(k[1]) for k in col.net21)
     files.append(write_rows(out_dir / f"s{last}_mpe_params.txt", np.concatenate([col.params, col.center, col.cube], 1)))
     files += write_curves(out_dir, report, cfg.dataset)

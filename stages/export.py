@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from config import Config
 from datasets.common import mirror_frame, mirror_xyz
+from datasets.depth_io import DatasetError
 from datasets.joints import DHG22_FROM_NETWORK, NETWORK_PARENTS
 from datasets.localize import HandTracker, LocalizerSettings
 from datasets.streams import Sequence, folder_sequence, gesture_sequences, read_frame, write_skeletons
@@ -138,6 +139,19 @@ def unmirror(pred: dict | None) -> dict | None:
     return out
 
 
+def check_frame_size(seq: Sequence, frame: np.ndarray, cfg: Config) -> None:
+    """Frames of a folder read with the dataset preset's intrinsics must have that preset's size:
+    otherwise the intrinsics belong to another sensor and every 3-D output would be wrong."""
+    p = cfg.preset()
+    preset_k = (cfg.fx, cfg.fy, cfg.cx, cfg.cy) == (p.fx, p.fy, p.cx, p.cy)
+    H, W = frame.shape[:2]
+    if seq.extra.get("intrinsics_from") == "config" and preset_k and (W, H) != (cfg.image_width, cfg.image_height):
+        raise DatasetError(
+            f"{seq.folder}: frames are {W}x{H} but no intrinsics were given, and the dataset={cfg.dataset} preset's "
+            f"(fx={p.fx}, fy={p.fy}, cx={p.cx}, cy={p.cy}) belong to {cfg.image_width}x{cfg.image_height} images: "
+            f"give your sensor's fx= fy= cx= cy= (and image_width= image_height=), or an intrinsics.yaml beside the frames")
+
+
 def export_sequence(seq: Sequence, predictor: Predictor, cfg: Config, out: Path) -> SequenceResult:
     """Localize, crop, predict and un-mirror every frame of one sequence; write overlays."""
     mirror = sequence_mirror(cfg, seq)
@@ -152,6 +166,8 @@ def export_sequence(seq: Sequence, predictor: Predictor, cfg: Config, out: Path)
     t0 = time.perf_counter()
     for n, (fid, path) in enumerate(pairs):
         raw = read_frame(path, cfg.export_depth_format)
+        if n == 0:
+            check_frame_size(seq, raw, cfg)
         depth = mirror_frame(raw, cx) if mirror else raw
         center, located, how, pred = locate_and_predict(depth, tracker, predictor, K, cfg.export_write_meshes)
         if mirror and pred is not None:

@@ -13,17 +13,28 @@ from pathlib import Path
 
 import numpy as np
 
-from config import Config
+from config import Config, ConfigError
 from datasets.joints import JOINT_SETS
 from stages.metrics import (CURVE_MODES, REPORT_THRESHOLDS_MM, ProtocolResult, curves, joint_set_name,
                             per_joint_means, protocol_errors, subject_means)
 from stages.results_io import ResultFileError, plot_curves, read_uvd_file, write_curves_csv, write_json
 
 
+def require_finite(values: np.ndarray, path: str | Path) -> np.ndarray:
+    """(N, J, 3) values of a result file; ResultFileError naming the first non-finite value's line."""
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        line, joint, axis = (int(v) for v in bad[0])
+        raise ResultFileError(f"{path}, line {line + 1}: non-finite value {values[line, joint, axis]} (joint "
+                              f"{joint + 1}, {'uvd'[axis]}); {len(np.unique(bad[:, 0]))} line(s) hold NaN/Inf: a "
+                              f"frame without a prediction cannot be scored (see frames.csv beside a file we wrote)")
+    return values
+
+
 def read_pair(pred_file: str | Path, gt_file: str | Path, num_joints: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read prediction and ground truth (N, J, 3); line counts must agree."""
-    gt = read_uvd_file(gt_file, num_joints)
-    pred = read_uvd_file(pred_file, num_joints)
+    """Read prediction and ground truth (N, J, 3); line counts must agree, every value be finite."""
+    pred = require_finite(read_uvd_file(pred_file, num_joints), pred_file)
+    gt = require_finite(read_uvd_file(gt_file, num_joints), gt_file)
     if pred.shape[0] != gt.shape[0]:
         raise ResultFileError(f"{pred_file} has {pred.shape[0]} frames (lines) but {gt_file} has "
                               f"{gt.shape[0]}; both must list the test frames in the same order")
@@ -85,12 +96,9 @@ def write_curve_files(out_dir: str | Path, stem: str, summary: dict, title: str)
 def run(cfg: Config) -> dict:
     """Score cfg.pred_file against cfg.gt_file for cfg.dataset; print and write the report."""
     if not cfg.pred_file or not cfg.gt_file:
-        raise SystemExit("error: phase=score needs pred_file=... and gt_file=... (u v d per joint per line)")
+        raise ConfigError("phase=score needs pred_file=... and gt_file=... (u v d per joint per line)")
     js = JOINT_SETS[joint_set_name(cfg.dataset)]
-    try:
-        pred, gt = read_pair(cfg.pred_file, cfg.gt_file, js.num_joints)
-    except (ResultFileError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+    pred, gt = read_pair(cfg.pred_file, cfg.gt_file, js.num_joints)
     report = score_arrays(pred, gt, cfg.dataset, cfg.nyu_subject2_first_index)
     report.update(pred_file=str(cfg.pred_file), gt_file=str(cfg.gt_file), dataset=cfg.dataset,
                   frames=int(pred.shape[0]))

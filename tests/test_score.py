@@ -119,8 +119,21 @@ def test_bad_files_name_file_and_line(tmp_path):
     with pytest.raises(ResultFileError, match=r"short\.txt has 1 frames \(lines\) but .*good\.txt has 2"):
         score.read_pair(short, good, 2)
     cfg = make_config(phase="score", dataset="nyu", pred_file=str(good), gt_file=str(good), out_dir=str(tmp_path))
-    with pytest.raises(SystemExit, match=r"good\.txt, line 1: 6 values .* expected 42"):
+    with pytest.raises(ResultFileError, match=r"good\.txt, line 1: 6 values .* expected 42"):
         score.run(cfg)
+
+
+def test_non_finite_value_names_its_line_and_the_cli_says_it_in_one_line(tmp_path, capsys):
+    import train_render
+    gt, pred = tmp_path / "gt.txt", tmp_path / "pred.txt"
+    row = " ".join(["1.0"] * 42)
+    gt.write_text((row + "\n") * 3)
+    pred.write_text(row + "\n" + row.replace("1.0", "nan", 1) + "\n" + row + "\n")
+    with pytest.raises(ResultFileError, match=r"pred\.txt, line 2: non-finite value nan \(joint 1, u\)"):
+        score.read_pair(pred, gt, 14)
+    rc = train_render.main(["phase=score", "dataset=nyu", f"pred_file={pred}", f"gt_file={gt}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 1 and len(err) == 1 and "line 2" in err[0] and "mean error" not in capsys.readouterr().out
 
 
 def test_command_line_entry_point(shared_data, tmp_path, capsys):
