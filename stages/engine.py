@@ -37,7 +37,6 @@ import dataclasses
 import math
 import os
 import random
-import shutil
 import textwrap
 import time
 import warnings
@@ -50,13 +49,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from config import RESUME_FIXED, Config, ConfigError
-from stages.checkpoints import (CheckpointError, check_hand_model, load_checkpoint, rng_state, save_checkpoint,
-                                set_rng_state)
+from config import Config, ConfigError
+from stages.checkpoints import CheckpointError, check_hand_model, rng_state, save_checkpoint, set_rng_state
+from stages.rundir import check_out_dir, prepare_out_dir, resume_changes
 
 StepFn = Callable[[int], dict]
-CHECKPOINT_NAMES = ("latest.pt", "best.pt", "last_good.pt")
-RESUME_IGNORED = ("resume", "overwrite", "config")   # differ by nature between a run and its resume
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -120,40 +117,12 @@ class Run:
                 self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
 
 
-# ---------------------------------------------------------------------------------------------
-# setup: out_dir rules, resume preflight
-def resume_changes(saved: dict, cfg: Config, path: Path) -> list[tuple[str, object, object]]:
-    """(key, old, new) of every setting that differs from the checkpoint's; ConfigError when one of
-    config.RESUME_FIXED differs (the run cannot continue with it)."""
-    now = cfg.to_dict()
-    changed = [(k, saved[k], now[k]) for k in now if k in saved and k not in RESUME_IGNORED and saved[k] != now[k]]
-    fixed = [f"{k}={old!r} (now {new!r})" for k, old, new in changed if k in RESUME_FIXED]
-    if fixed:
-        raise ConfigError(f"resume=true cannot change {', '.join(fixed)}: {path} was trained with them; "
-                          f"drop those settings, or start a new run (another out_dir= or overwrite=true)")
-    return changed
-
-
-def _check_out_dir(cfg: Config) -> tuple[dict | None, list[str]]:
-    """(checkpoint to resume or None, names of checkpoints that overwrite=true will delete)."""
-    out = Path(cfg.out_dir)
-    existing = [n for n in CHECKPOINT_NAMES if (out / n).is_file()]
-    if cfg.resume:
-        if not (out / "latest.pt").is_file():
-            raise CheckpointError(f"resume=true but {out / 'latest.pt'} does not exist (start without resume=true)")
-        return load_checkpoint(out / "latest.pt"), []
-    if existing and not cfg.overwrite:
-        raise ConfigError(f"out_dir {out} already holds {', '.join(existing)} from an earlier run: pass resume=true "
-                          f"to continue it, overwrite=true to delete them and start again, or another out_dir=")
-    return None, existing
-
-
 def setup(cfg: Config) -> Run:
     """Init DDP from torchrun's env (RANK, WORLD_SIZE), pick the device, seed, check out_dir (see the
     module docstring), save the resolved config (config.yaml) and open TensorBoard (rank 0)."""
     from models.mano import resolved_hand_model
     cfg = dataclasses.replace(cfg, hand_model=resolved_hand_model(cfg))   # record what 'auto' means
-    resume_state, to_delete = _check_out_dir(cfg)
+    resume_state, to_delete = check_out_dir(cfg)
     changes = resume_changes(resume_state.get("config", {}), cfg, Path(cfg.out_dir) / "latest.pt") \
         if resume_state is not None else []
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -168,7 +137,7 @@ def setup(cfg: Config) -> Run:
     out_dir = Path(cfg.out_dir)
     writer = None
     if rank == 0:
-        _prepare_out_dir(out_dir, to_delete, changes, resume_state)
+        prepare_out_dir(out_dir, to_delete, changes, resume_state)
         cfg.save_yaml(out_dir / "config.yaml")
         print(f"resolved config (saved to {out_dir / 'config.yaml'}):")
         text = "  ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
@@ -180,21 +149,6 @@ def setup(cfg: Config) -> Run:
     run = Run(cfg, device, rank, world, out_dir, writer, cfg.seed + rank, resume_state)
     run.barrier()
     return run
-
-
-def _prepare_out_dir(out_dir: Path, to_delete: list[str], changes: list, resume_state: dict | None) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if to_delete:
-        for name in to_delete:
-            (out_dir / name).unlink()
-        shutil.rmtree(out_dir / "tb", ignore_errors=True)
-        print(f"overwrite=true: deleted {', '.join(to_delete)} and tb/ of the earlier run in {out_dir}")
-    if changes:
-        step = resume_state["step"]
-        if (out_dir / "config.yaml").is_file():
-            os.replace(out_dir / "config.yaml", out_dir / f"config.step{step}.yaml")
-        print(f"resume at step {step} with changed settings (applied; the earlier ones are kept in "
-              f"config.step{step}.yaml): " + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes))
 
 
 def teardown(run: Run) -> None:

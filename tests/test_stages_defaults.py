@@ -148,3 +148,13 @@ def test_export_refuses_frames_of_another_sensor_without_intrinsics(pretrained, 
     totals = run(_cfg(data_root, tmp_path / "e2", phase="export", load_model=ckpt, export_input=str(folder),
                       fx=365.0, fy=365.0, cx=256.0, cy=212.0))
     assert totals["frames"] == 2
+
+
+def test_finetune_resume_is_exact(pretrained, data_root, tmp_path):
+    """Synthetic stream, point sampling and real augmentation continue where they stopped."""
+    init = str(pretrained[0] / "latest.pt")
+    kw = dict(train_stage="finetune", stage_num=1, load_model=init)
+    full = run(_cfg(data_root, tmp_path / "a", max_steps=6, **kw))
+    run(_cfg(data_root, tmp_path / "b", max_steps=3, **kw))
+    resumed = run(_cfg(data_root, tmp_path / "b", max_steps=6, resume=True, **kw))
+    assert resumed["last_losses"] == full["last_losses"]
