@@ -23,7 +23,7 @@ from losses.fitting import (apply_hand_box, data_mesh_distance, gather_points, i
                             masked_mean, mm_to_nu, part_mesh_distance, render_residual, sample_indices)
 from losses.huber import huber
 from losses.pretrain import pretrain_losses, stage_mesh
-from losses.reliability import select_reliable
+from losses.reliability import select_reliable, select_reliable_relative
 from losses.spheres import collision_loss, hand_spheres, segment_points
 from models.dual_branch import decode_joints
 from render.camera import crop_points_norm, uvd_norm_to_xyz_norm
@@ -129,9 +129,15 @@ def inter_branch_terms(maps: Tensor, render, boxed_render: Tensor, depth: Tensor
     pixel_uvd = decode_joints(maps, depth, cfg)
     model_uvd = render.joints_uvd
     eps_depth = intersection_residual(teacher.boxed, boxed_render.detach(), cfg.fg_threshold_nu)
-    sel = select_reliable(eps_depth, residuals["data"], residuals["part"], residuals["counts"],
-                          teacher.valid_all, cube, cfg.reliability_depth_mm, cfg.reliability_fit_rms_mm,
-                          cfg.reliability_min_bone_points)
+    args = (eps_depth, residuals["data"], residuals["part"], residuals["counts"], teacher.valid_all, cube,
+            cfg.reliability_depth_mm, cfg.reliability_fit_rms_mm)
+    if cfg.reliability_mode == "relative":
+        sel, samples = select_reliable_relative(*args, cfg.reliability_quantile, cfg.reliability_ceiling,
+                                                cfg.reliability_min_bone_points)
+    else:
+        sel = select_reliable(*args, cfg.reliability_min_bone_points)
+        samples = sel.any(dim=1)
+    residuals.update(selected_samples=samples, depth_residual=eps_depth)
     if sel.any():
         m2p = huber(pixel_uvd[sel], model_uvd.detach()[sel], d)
     else:
@@ -139,6 +145,17 @@ def inter_branch_terms(maps: Tensor, render, boxed_render: Tensor, depth: Tensor
     terms = {"pixel_to_model": cfg.w_pixel_to_model * huber(model_uvd, teacher.pixel_uvd, d),
              "model_to_pixel": cfg.w_model_to_pixel * m2p}
     return terms, sel
+
+
+def reliability_stats(sel: Tensor, residuals: dict[str, Tensor], valid: Tensor, cube: Tensor) -> dict[str, float]:
+    """What the model -> pixel gate let through (logged every step): fractions of samples and of
+    (sample, joint) pairs selected, and the batch medians of the two sample residuals in mm."""
+    half = 0.5 * cube[:, 2]
+    v = valid if bool(valid.any()) else torch.ones_like(valid)
+    return {"reliable_sample_fraction": float(residuals["selected_samples"].float().mean()),
+            "reliable_joint_fraction": float(sel.float().mean()),
+            "depth_residual_mm_median": float((residuals["depth_residual"] * half)[v].median()),
+            "fit_rms_mm_median": float((residuals["data"].clamp_min(0).sqrt() * half)[v].median())}
 
 
 def stage_render(out, renderer, center: Tensor, cube: Tensor, K_crop: Tensor):
@@ -169,7 +186,7 @@ def real_losses(outputs: list, depth: Tensor, center: Tensor, cube: Tensor, K_cr
         else:
             inter, sel = inter_branch_terms(out.maps, render, boxed_render, depth, teacher, residuals, cube, cfg)
             terms.update(inter)
-            stats["reliable_joint_fraction"] = float(sel.float().mean())
+            stats.update(reliability_stats(sel, residuals, teacher.valid_all, cube))
         losses.update({f"real/s{s + 1}_{k}": v for k, v in terms.items()})
     stats["valid_fraction"] = float(teacher.valid_all.float().mean())
     return losses, stats

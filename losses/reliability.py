@@ -1,9 +1,16 @@
 """Reliability selection for the model -> pixel loss (spec 10.4, R20, R21).
 
 A (sample, joint) pair is selected when the sample's fit is good (depth residual on the pixels
-foreground in both the boxed crop and the boxed rendering, and the data -> mesh residual, both under
-thresholds) and the joint's bone fits its labelled points.  Thresholds are Config values in mm,
-converted per sample with the cube: depth in nu, squared residuals in nu^2 (RMS mm -> nu, squared).
+foreground in both the boxed crop and the boxed rendering, and the data -> mesh residual) and the
+joint's bone fits its labelled points.
+
+* absolute (the original): the residuals must lie under fixed thresholds, Config values in mm
+  converted per sample with the cube (depth in nu, squared residuals in nu^2).  Tuned to a near
+  perfect fit: with a hand that is not the model, or a noisy sensor, it selects nothing.
+* relative (`select_reliable_relative`): "good" means good for this data: a sample passes when both
+  of its residuals are at most the batch's `quantile` of them (over valid samples), a bone when its
+  residual is at most that quantile of the bone's residuals over the selected samples; both must
+  also stay under `ceiling` times the absolute thresholds, so a batch of failed fits selects nothing.
 """
 from __future__ import annotations
 
@@ -55,3 +62,32 @@ def select_reliable(depth_residual: Tensor, fit_residual: Tensor, bone_residual:
         s = sample_reliable(depth_residual, fit_residual, valid, cube, depth_mm, fit_rms_mm)
         j = joints_from_bones(bone_reliable(bone_residual, bone_counts, cube, fit_rms_mm, min_bone_points))
         return s[:, None] & j
+
+
+def _quantile_of(values: Tensor, mask: Tensor, q: float) -> Tensor:
+    """q-quantile of values[mask] along dim 0 (per column for 2-D values); +inf where mask is empty.
+    values (B,) or (B, K), mask of the same shape -> () or (K,)."""
+    v = torch.where(mask, values, torch.full_like(values, float("nan")))
+    out = torch.nanquantile(v, q, dim=0)
+    return torch.nan_to_num(out, nan=float("inf"))
+
+
+def select_reliable_relative(depth_residual: Tensor, fit_residual: Tensor, bone_residual: Tensor,
+                             bone_counts: Tensor, valid: Tensor, cube: Tensor, depth_mm: float, fit_rms_mm: float,
+                             quantile: float, ceiling: float, min_bone_points: int = 0) -> tuple[Tensor, Tensor]:
+    """Relative selection (module docstring): -> (joints (B, 21) bool, samples (B,) bool), no gradient.
+
+    Shapes as select_reliable; quantile in (0, 1]; ceiling >= 1 multiplies the absolute thresholds
+    (depth_mm, fit_rms_mm; squared residuals scale with ceiling^2)."""
+    with torch.no_grad():
+        cap_depth = mm_to_nu(ceiling * depth_mm, cube)
+        cap_fit = mm_to_nu(ceiling * fit_rms_mm, cube) ** 2
+        ok = valid & (depth_residual < cap_depth) & (fit_residual < cap_fit)
+        samples = ok & (depth_residual <= _quantile_of(depth_residual, ok, quantile)) \
+            & (fit_residual <= _quantile_of(fit_residual, ok, quantile))
+        has = bone_counts >= max(1, min_bone_points)
+        candidates = samples[:, None] & has & (bone_residual < cap_fit[:, None])
+        bones = candidates & (bone_residual <= _quantile_of(bone_residual, candidates, quantile)[None])
+        if min_bone_points == 0:      # the original's rule: an empty bone does not disqualify its joint
+            bones = bones | (samples[:, None] & ~has)
+        return samples[:, None] & joints_from_bones(bones), samples

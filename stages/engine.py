@@ -208,6 +208,14 @@ class _Trainer:
             self.written.add(name)
             self.last_write = time.time()
 
+    def snapshot(self, step: int) -> None:
+        """Weights only (no optimizer), snapshots/step<N>.pt: loadable by load_model= and phase=test."""
+        if self.run.is_main:
+            path = self.run.out_dir / "snapshots" / f"step{step:07d}.pt"
+            path.parent.mkdir(exist_ok=True)
+            save_checkpoint(path, {"model": unwrap(self.model).state_dict(), "step": step,
+                                   "config": self.run.cfg.to_dict(), "hand_model": self.run.hand_model})
+
     def due(self) -> bool:
         minutes = self.run.cfg.checkpoint_interval_min
         return minutes > 0 and time.time() - self.last_write >= 60.0 * minutes
@@ -390,6 +398,8 @@ def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, schedule
             val = _validate(t, bar, validate_fn, best_key, step, done)
         elif t.due():
             t.save("latest.pt", done)
+        if cfg.snapshot_interval > 0 and done % cfg.snapshot_interval == 0:
+            t.snapshot(done)
     bar.close()
     return {"step": max(start, total_steps), "best": t.best, "val": val, "seconds": time.time() - t0,
             "checkpoints": sorted(t.written), "last_losses": {k: float(v.detach()) for k, v in losses.items()}}

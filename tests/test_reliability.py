@@ -79,3 +79,37 @@ def test_intersection_residual_counts_shared_pixels_over_union():
     ren[0, 0, 0, 1:4] = torch.tensor([0.0, 0.0, 0.5])  # three rendered pixels, two shared
     # I = pixels 1, 2: |0.2| + |0.3| = 0.5; U = 4 pixels
     torch.testing.assert_close(intersection_residual(obs, ren), torch.tensor([0.5 / 4]))
+
+
+def relative(c, q=0.5, ceiling=3.0, min_points=0):
+    from losses.reliability import select_reliable_relative
+    return select_reliable_relative(**c, depth_mm=DEPTH_MM, fit_rms_mm=FIT_MM, quantile=q, ceiling=ceiling,
+                                    min_bone_points=min_points)
+
+
+def test_relative_gate_selects_the_batch_best_fits_under_the_ceiling():
+    """Residuals twice the absolute thresholds (a hand that is not the model): the absolute gate
+    selects nothing, the relative one the better half; all beyond the ceiling selects nothing."""
+    c = case(4)
+    nu = 1 / 125.0                                              # 1 mm at cube 250
+    c["depth_residual"][:] = torch.tensor([8.0, 9.0, 10.0, 11.0]) * nu
+    c["fit_residual"][:] = (torch.tensor([7.0, 8.5, 8.0, 9.0]) * nu) ** 2
+    assert not select(c).any()
+    sel, samples = relative(c)
+    # median of [8, 9, 10, 11] = 9.5 -> samples 0, 1; median fit 8.25 -> samples 0, 2: both -> sample 0
+    assert samples.tolist() == [True, False, False, False] and sel[0].all() and not sel[1:].any()
+    sel, samples = relative(c, q=1.0)
+    assert samples.all() and sel.all()
+    sel, samples = relative(c, q=1.0, ceiling=1.5)               # 1.5 x 5 mm = 7.5 mm < every depth residual
+    assert not samples.any() and not sel.any()
+
+
+def test_relative_gate_judges_each_bone_against_its_batch():
+    c = case(4)
+    c["bone_residual"][:, 4] = torch.tensor([1.0, 2.0, 3.0, 4.0]) * 1e-4   # bone 5 (middle MCP-PIP)
+    sel, samples = relative(c)
+    assert samples.all()
+    assert sel[:, 5].tolist() == [True, True, False, False]    # joint 5 follows bone 5: the better half
+    assert sel[:, [k for k in range(21) if k != 5]].all()
+    c["bone_counts"][0, 4] = 0                                   # an empty bone: original rule keeps it,
+    assert relative(c)[0][0, 5] and not relative(c, min_points=1)[0][0, 5]   # a minimum count drops it
