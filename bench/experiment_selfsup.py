@@ -1,22 +1,27 @@
-"""The self-supervision experiment of issue 7: one command, fixed seeds, one table.
+"""The self-supervision experiment: does fine-tuning on unlabeled real depth beat its controls?
 
-    python bench/experiment_selfsup.py                       # net=tiny, CPU budget (~30 min per seed)
-    python bench/experiment_selfsup.py net=resnet18 device=cuda --scale 10 --seeds 0 1
+    python bench/experiment_selfsup.py                                 # mismatch set, tiny, CPU budget
+    python bench/experiment_selfsup.py --real-set simreal              # the easy set (the model's own hand)
+    python bench/experiment_selfsup.py --seeds 0 1 --stage-num 2 --variant relgate --ft-extra reliability_mode=relative
 
-On the real-like NYU-format set (dataset=simreal) it trains and evaluates (standard NYU 14-joint mean
-error, mm, test split, final-epoch models):
-  1. synthetic pretraining only                         (pre)
-  2. + transfer net: translator, then pretraining with it (pre_tn)
-  3. + self-supervised fine-tuning from (2)               (ft)       the full method
-  4. supervised training on the real-like labels          (sup)      the upper reference
-and the share of the gap (1) -> (4) that (3) closes, (e1 - e3) / (e1 - e4), per branch (S2-PWE,
-S2-MPE); plus (3) with each loss family removed: model fitting (render, data->mesh, part data->mesh),
-inter-branch (pixel->model, model->pixel), distillation (stage 2 -> stage 1).
-Extra `key=value` arguments go to every run (e.g. device=cuda).  Cost (measured on 2 shared CPU
-cores, net=tiny, batch 16): a fine-tuning step's real-batch losses take ~30 CPU-s with 2048 points
-and ~12 CPU-s with 512 (point-to-mesh search dominates), so the CPU default is --ft-points 512 and
-150 fine-tuning steps; on a GPU use --ft-points 2048 and a larger --scale.  Results: <out>/results.json and
-<out>/results.md.
+Rows per seed (same seed, same synthetic stream, same step budget; labels are read only by `sup`
+and the evaluator):
+  pre            synthetic pretraining only
+  pre_tn         pretraining with the translator (unless --skip-transfer)
+  ctrl_no_real   fine-tuning with the five real-data loss weights at 0 (synthetic stream only)
+  ctrl_synth     pretraining continued for the fine-tuning budget with fine-tuning's view rotation
+  ft             self-supervised fine-tuning (the method; --ft-extra settings apply to it only)
+  ft_no_<family> ft without one loss family (--ablations)
+  sup            supervised on the set's labels, the pretraining budget from scratch (upper reference)
+The effect of self-supervision is (best control - ft) / (best control - sup) per protocol (standard
+NYU 14 joints, DSF 11 joints) and branch (PWE, MPE of the last stage), best control = the lowest of
+pre, ctrl_no_real, ctrl_synth.  The test errors of ft's snapshots (every --curve-every steps) give the
+learning curve, computed after training and never used to select anything.
+
+Real sets: `mismatch` (datasets/mismatch.py: other hands, anatomical labels, other poses and sensor;
+generated once into data/mismatch_exp, read as dataset=nyu) or `simreal` (datasets/simreal.py).
+Finished runs are reused and interrupted ones resume when the command is run again.  Extra `key=value`
+arguments go to every run (e.g. device=cuda).  Results: <out>/results.json, results.md, curve.png.
 """
 from __future__ import annotations
 
@@ -32,131 +37,183 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import make_config  # noqa: E402
 from train_render import run as run_stage  # noqa: E402
 
+REAL_WEIGHTS = ("w_render", "w_data_mesh", "w_part_mesh", "w_pixel_to_model", "w_model_to_pixel")
 ABLATIONS = {
     "fitting": ["w_render=0", "w_data_mesh=0", "w_part_mesh=0"],
     "inter_branch": ["w_pixel_to_model=0", "w_model_to_pixel=0"],
     "distillation": ["w_distill=0"],   # stage 2 -> stage 1: exists only with two stages
+    "collision": ["w_collision=0"],
 }
-BRANCHES = ("s2_pwe", "s2_mpe")
+PROTOCOLS = ("standard", "dsf")
+CONTROLS = ("pre", "ctrl_no_real", "ctrl_synth")
 
 
-def steps(base: int, scale: float) -> str:
-    return f"max_steps={max(1, int(base * scale))}"
+def real_set_args(args) -> list[str]:
+    """Settings that point every run at the real-like set (generated on first use)."""
+    if args.real_set == "simreal":
+        return ["dataset=simreal", f"data_root={args.data_root or 'data/simreal_exp'}",
+                f"simreal_train_frames={args.train_frames}", f"simreal_test_frames={args.test_frames}"]
+    root = Path(args.data_root or "data/mismatch_exp")
+    if not (root / "test" / "center_test_refined.txt").is_file():
+        from datasets.mismatch import generate_mismatch
+        print(f"experiment: generating the mismatch set into {root} ({args.train_frames} + {args.test_frames} frames)")
+        generate_mismatch(root, args.train_frames, args.test_frames, seed=0)
+    return ["dataset=nyu", f"data_root={root}"]
 
 
 def train(name: str, out: Path, common: list[str], extra: list[str], log: dict) -> Path:
-    """Run one training stage; an existing latest.pt is resumed (a finished stage returns at once,
-    an interrupted one continues from its last checkpoint).  Returns that checkpoint."""
+    """Run one training stage; an existing latest.pt is resumed (a finished stage returns at once).
+    Returns that checkpoint."""
     ckpt = out / name / "latest.pt"
     resumed = ckpt.is_file()
     t0 = time.time()
     run_stage(make_config(common + extra + [f"out_dir={out / name}", f"resume={resumed}"]))
-    # a resumed stage's seconds cover only this call (0 steps when it had finished)
-    log[name] = {"train_seconds": round(time.time() - t0, 1), "resumed": resumed}
+    log[name] = {"train_seconds": round(time.time() - t0, 1), "resumed": resumed}   # resumed: this call only
     return ckpt
 
 
-def evaluate(name: str, ckpt: Path, out: Path, common: list[str]) -> dict[str, float]:
-    metrics = run_stage(make_config(common + ["phase=test", f"load_model={ckpt}", f"out_dir={out / name / 'test'}",
+def evaluate(ckpt: Path, out_dir: Path, common: list[str]) -> dict:
+    """{protocol: {'s1_pwe': mm, ...}} on the test split."""
+    metrics = run_stage(make_config(common + ["phase=test", f"load_model={ckpt}", f"out_dir={out_dir}",
                                               "save_overlays=0"]))
-    std = metrics["protocols"]["standard"]
-    return {k: round(float(std[k]["mean_mm"]), 3) for k in BRANCHES if k in std}
+    return {p: {k: round(float(v["mean_mm"]), 3) for k, v in metrics["protocols"][p].items()} for p in PROTOCOLS}
+
+
+def effect(errors: dict, ft: str = "ft") -> dict:
+    """(best control - ft) / (best control - sup) per protocol and branch key."""
+    out = {}
+    for p in PROTOCOLS:
+        for key in errors[ft][p]:
+            ctrl = min(errors[c][p][key] for c in CONTROLS if c in errors)
+            sup = errors.get("sup", {}).get(p, {}).get(key)
+            if sup is not None and abs(ctrl - sup) > 1e-9:
+                out[f"{p}/{key}"] = round((ctrl - errors[ft][p][key]) / (ctrl - sup), 4)
+    return out
 
 
 def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
-    common = ["dataset=simreal", f"net={args.net}", f"seed={seed}", f"stage_num={args.stage_num}",
-              f"batch_size={args.batch_size}", "progress=false"] + passthrough
+    common = real_set_args(args) + [f"net={args.net}", f"seed={seed}", f"stage_num={args.stage_num}",
+                                    f"batch_size={args.batch_size}", "progress=false"] + passthrough
     out = out / f"seed{seed}"
+    var = out / args.variant
     log: dict = {}
-    s = args.scale
-    pre = train("pre", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)], log)
-    if args.skip_transfer:  # row 2 not run: fine-tuning starts from (1), without translation
-        pre_tn, tn_args = pre, []
-    else:
-        tn = train("transfer", out, common, ["train_stage=transfer", steps(args.transfer_steps, s),
-                                             f"gan_ngf={args.gan_ngf}", f"gan_blocks={args.gan_blocks}",
-                                             f"gan_ndf={args.gan_ndf}", f"gan_batch_size={args.gan_batch_size}",
-                                             f"gan_lr={args.gan_lr}", f"gan_residual={args.gan_residual}",
-                                             f"w_gan_idt={args.gan_idt}"], log)
+    pre_steps, ft_steps = f"max_steps={args.pretrain_steps}", f"max_steps={args.finetune_steps}"
+    runs = {"pre": train("pre", out, common, ["train_stage=pretrain", pre_steps], log)}
+    init, tn_args = runs["pre"], []
+    if not args.skip_transfer:
+        tn = train("transfer", out, common, ["train_stage=transfer", f"max_steps={args.transfer_steps}"]
+                   + args.transfer_extra, log)
         tn_args = [f"transfer_net={tn.parent / 'best.pt'}"]
-        pre_tn = train("pre_tn", out, common, ["train_stage=pretrain", steps(args.pretrain_steps, s)] + tn_args, log)
-    ft_args = ["train_stage=finetune", steps(args.finetune_steps, s), f"load_model={pre_tn}",
-               f"num_points={args.ft_points}"] + tn_args
-    runs = {"pre": pre, **({} if args.skip_transfer else {"pre_tn": pre_tn}), "ft": train("ft", out, common, ft_args, log)}
+        init = runs["pre_tn"] = train("pre_tn", out, common, ["train_stage=pretrain", pre_steps] + tn_args, log)
+    ft_common = ["train_stage=finetune", ft_steps, f"load_model={init}", f"num_points={args.ft_points}"] + tn_args
+    runs["ctrl_no_real"] = train("ctrl_no_real", out, common, ft_common + [f"{w}=0" for w in REAL_WEIGHTS], log)
+    runs["ctrl_synth"] = train("ctrl_synth", out, common, ["train_stage=pretrain", ft_steps, f"load_model={init}",
+                                                          "synth_rotation=original"] + tn_args, log)
     if not args.skip_sup:
-        runs["sup"] = train("sup", out, common, ["train_stage=supervised", steps(args.pretrain_steps, s)], log)
+        runs["sup"] = train("sup", out, common, ["train_stage=supervised", pre_steps], log)
+    ft_args = ft_common + [f"snapshot_interval={args.curve_every}"] + args.ft_extra
+    runs["ft"] = train("ft", var, common, ft_args, log)
     for family in args.ablations:
         if family == "distillation" and args.stage_num == 1:
-            print("experiment: no distillation ablation with stage_num=1 (one stage has no stage-2 teacher)")
             continue
-        runs[f"ft_no_{family}"] = train(f"ft_no_{family}", out, common, ft_args + ABLATIONS[family], log)
-    errors = {name: evaluate(name, ckpt, out, common) for name, ckpt in runs.items()}
-    gap = {}
-    for b in BRANCHES:
-        e1, e3, e4 = errors["pre"].get(b), errors["ft"].get(b), errors.get("sup", {}).get(b)
-        if None not in (e1, e3, e4) and abs(e1 - e4) > 1e-9:
-            gap[b] = round((e1 - e3) / (e1 - e4), 4)
-    return {"errors_mm": errors, "gap_closed": gap, "timing": log}
+        runs[f"ft_no_{family}"] = train(f"ft_no_{family}", var, common, ft_common + args.ft_extra + ABLATIONS[family], log)
+    where = {n: (var if n.startswith("ft") else out) / n for n in runs}
+    errors = {n: evaluate(ck, where[n] / "test", common) for n, ck in runs.items()}
+    curve = {}
+    for snap in sorted((where["ft"] / "snapshots").glob("step*.pt")):
+        step = int(snap.stem[4:])
+        curve[step] = evaluate(snap, where["ft"] / "curve" / snap.stem, common)
+    curve[0] = errors["pre_tn" if "pre_tn" in errors else "pre"]       # where fine-tuning starts
+    return {"errors_mm": errors, "effect": effect(errors), "curve": {str(k): curve[k] for k in sorted(curve)},
+            "timing": log}
 
 
-def markdown(results: dict) -> str:
+def _cell(vals: list[float], pct: bool = False) -> str:
+    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}")
+    return f(statistics.mean(vals)) + (f" ± {f(statistics.pstdev(vals)).rstrip('%')}" if len(vals) > 1 else "")
+
+
+def markdown(results: dict, last: int) -> str:
+    """Errors (mean ± spread over seeds) and the effect of self-supervision, both protocols."""
     seeds = sorted(results)
-    names = list(results[seeds[0]]["errors_mm"])
-    lines = ["| run | " + " | ".join(f"{b.upper().replace('_', '-')} (mm)" for b in BRANCHES) + " |",
-             "|---|" + "---|" * len(BRANCHES)]
-    for n in names:
-        cells = []
-        for b in BRANCHES:
-            vals = [results[s]["errors_mm"][n][b] for s in seeds if b in results[s]["errors_mm"][n]]
-            cells.append(f"{statistics.mean(vals):.2f}" + (f" ± {statistics.pstdev(vals):.2f}" if len(vals) > 1 else ""))
+    keys = [f"s{last}_pwe", f"s{last}_mpe"]
+    head = [f"{p[:3].upper()} {k.upper().replace('_', '-')}" for p in PROTOCOLS for k in keys]
+    lines = ["| run | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for n in results[seeds[0]]["errors_mm"]:
+        cells = [_cell([results[s]["errors_mm"][n][p][k] for s in seeds]) for p in PROTOCOLS for k in keys]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    for b in BRANCHES:
-        g = [results[s]["gap_closed"][b] for s in seeds if b in results[s]["gap_closed"]]
-        if g:
-            lines.append(f"\nGap (pre -> sup) closed by ft, {b.upper()}: " + ", ".join(f"{100 * v:.1f}%" for v in g)
-                         + f" (seeds {', '.join(map(str, seeds))})")
-    return "\n".join(lines)
+    eff = [_cell([results[s]["effect"][f"{p}/{k}"] for s in seeds], pct=True) if f"{p}/{k}" in results[seeds[0]]["effect"]
+           else "-" for p in PROTOCOLS for k in keys]
+    lines.append("| **(best control - ft) / (best control - sup)** | " + " | ".join(eff) + " |")
+    return "\n".join(lines) + f"\n\nseeds {', '.join(map(str, seeds))}; mm, mean ± population spread over seeds"
+
+
+def plot_curve(results: dict, path: Path, last: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for seed, r in sorted(results.items()):
+        steps = [int(s) for s in r["curve"]]
+        for k, style in ((f"s{last}_pwe", "-"), (f"s{last}_mpe", "--")):
+            ax.plot(steps, [r["curve"][str(s)]["standard"][k] for s in steps], style, marker="o",
+                    label=f"seed {seed} {k.upper().replace('_', '-')}")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("test error, standard protocol (mm)")
+    ax.set_title("self-supervised fine-tuning (test error of snapshots, never used to select)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="checkpoints/experiment_selfsup")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--real-set", choices=("mismatch", "simreal"), default="mismatch")
+    p.add_argument("--data-root", default="", help="folder of the real-like set (default data/<set>_exp)")
+    p.add_argument("--train-frames", type=int, default=800)
+    p.add_argument("--test-frames", type=int, default=300)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--net", default="tiny")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--scale", type=float, default=1.0, help="multiplies every step budget")
-    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--stage-num", type=int, default=1, help="1 = the one-stage variant (spec 10.7), 2 = the method")
+    p.add_argument("--pretrain-steps", type=int, default=1000)
+    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--curve-every", type=int, default=50, help="fine-tuning snapshot interval for the curve")
+    p.add_argument("--ft-points", type=int, default=512, help="points per crop (spec 2048; 512 for CPU runs)")
+    p.add_argument("--variant", default="base", help="folder name of the ft runs (controls are shared)")
+    p.add_argument("--ft-extra", nargs="*", default=[], help="key=value settings of the ft runs only")
+    p.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS))
+    p.add_argument("--skip-transfer", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave out the translator rows (default: left out)")
     p.add_argument("--transfer-steps", type=int, default=2000)
-    p.add_argument("--finetune-steps", type=int, default=150)
-    p.add_argument("--ft-points", type=int, default=512,
-                   help="points per crop for the point-to-mesh terms (spec: 2048; 512 keeps CPU runs affordable)")
-    p.add_argument("--gan-ngf", type=int, default=8, help="translator generator width (spec: 64)")
-    p.add_argument("--gan-blocks", type=int, default=2, help="translator residual blocks (spec: 9)")
-    p.add_argument("--gan-ndf", type=int, default=16, help="translator discriminator width (spec: 64)")
-    p.add_argument("--gan-batch-size", type=int, default=2)
-    p.add_argument("--gan-lr", type=float, default=5e-4)
-    p.add_argument("--gan-residual", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
-                   help="residual generator (design option that trains on CPU; the original is false)")
-    p.add_argument("--gan-idt", type=float, default=0.0, help="identity weight (spec 5; 0 for the residual generator)")
-    p.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS),
-                   help="loss families removed one at a time from (3); none = no ablation rows")
-    p.add_argument("--skip-transfer", action="store_true",
-                   help="leave out row 2 (translator + pretraining with it); fine-tune from row 1")
-    p.add_argument("--skip-sup", action="store_true", help="leave out row 4 (and so the gap share)")
-    p.add_argument("--stage-num", type=int, default=2, help="1 = the one-stage variant (spec 10.7)")
-    passthrough = [a for a in argv if "=" in a and not a.startswith("-")]   # key=value, in any position
-    args = p.parse_args([a for a in argv if a not in passthrough])
-    global BRANCHES  # the headline branches are those of the last stage
-    BRANCHES = (f"s{args.stage_num}_pwe", f"s{args.stage_num}_mpe")
+    p.add_argument("--transfer-extra", nargs="*", default=[], help="key=value settings of the translator run")
+    p.add_argument("--skip-sup", action="store_true", help="leave out sup (and so the effect)")
+    passthrough, rest = [], []
+    grab = False      # key=value right after --ft-extra / --transfer-extra belong to them
+    for a in argv:
+        if a in ("--ft-extra", "--transfer-extra"):
+            grab = True
+        elif a.startswith("-"):
+            grab = False
+        elif "=" in a and not grab:
+            passthrough.append(a)
+            continue
+        rest.append(a)
+    args = p.parse_args(rest)
     out = Path(args.out)
     results = {}
     for seed in args.seeds:
         results[seed] = one_seed(seed, out, args, passthrough)
-        print(json.dumps(results[seed], indent=1), flush=True)
+        print(json.dumps(results[seed]["errors_mm"], indent=1), flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
-    table = markdown(results)
-    (out / "results.md").write_text(table + "\n")
+    tag = f"{args.variant}_" if args.variant != "base" else ""
+    (out / f"{tag}results.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    table = markdown(results, args.stage_num)
+    (out / f"{tag}results.md").write_text(table + "\n")
+    plot_curve(results, out / f"{tag}curve.png", args.stage_num)
     print(table)
     return 0
 
