@@ -29,6 +29,7 @@ from config import Config
 from datasets.joints import JOINT_SETS, NETWORK_PARENTS
 from render import camera
 from stages.metrics import CURVE_MODES, joint_set_name, protocol_errors
+from stages.predict import dataset_joints
 from stages.results_io import (plot_curves, save_overlay, write_curves_csv, write_json, write_obj, write_rows,
                                write_uvd_file)
 from stages.score import summarize
@@ -70,15 +71,6 @@ def frame_uvd(xyz_mm: np.ndarray, K: np.ndarray, mirror: bool) -> np.ndarray:
     if mirror:
         uvd[..., 0] = 2.0 * K[:, None, 0, 2] - uvd[..., 0]
     return uvd
-
-
-def dataset_joints(net21: np.ndarray, dataset: str, palm_map: np.ndarray | None) -> np.ndarray:
-    """(N, 21, 3) network joints -> (N, Jd, 3) in the dataset's joint order."""
-    js = JOINT_SETS[joint_set_name(dataset)]
-    if js.name == "nyu":
-        from models.palm_landmarks import nyu14_from_network
-        return nyu14_from_network(net21, palm_map)
-    return net21[:, list(js.to_network)]
 
 
 def round3(a: np.ndarray) -> np.ndarray:

@@ -109,26 +109,6 @@ def sequence_mirror(cfg: Config, seq: Sequence) -> bool:
     return cfg.export_mirror if cfg.export_mirror is not None else seq.layout in ("dhg", "shrec")
 
 
-def locate_and_predict(depth: np.ndarray, tracker: HandTracker, predictor: Predictor, K: np.ndarray,
-                       with_mesh: bool) -> tuple[np.ndarray | None, np.ndarray | None, str, dict | None]:
-    """Crop centre, localizer's surface centre, how it was found, prediction of one (mirrored) frame.
-
-    A detected centre is a surface centre: the frame is predicted once there, re-cropped at the
-    predicted joint mean and predicted again.  The tracker is seeded with the final joint mean.
-    """
-    center, how = tracker.locate(depth)
-    if center is None:
-        tracker.update(None)
-        return None, None, how, None
-    located = tracker.surface
-    pred = predictor.predict_frame(depth, center, K, with_mesh)
-    if how == "detected" and np.all(np.isfinite(pred["xyz"])):
-        center = pred["xyz"].mean(axis=0)
-        pred = predictor.predict_frame(depth, center, K, with_mesh)
-    tracker.update(pred["xyz"].mean(axis=0))
-    return center, located, how, pred
-
-
 def unmirror(pred: dict | None) -> dict | None:
     """The 3D reflection x -> -x undoes the image mirror about cx (spec 1.5)."""
     if pred is None:
@@ -169,7 +149,7 @@ def export_sequence(seq: Sequence, predictor: Predictor, cfg: Config, out: Path)
         if n == 0:
             check_frame_size(seq, raw, cfg)
         depth = mirror_frame(raw, cx) if mirror else raw
-        center, located, how, pred = locate_and_predict(depth, tracker, predictor, K, cfg.export_write_meshes)
+        center, located, how, pred = predictor.locate_and_predict(depth, tracker, K, cfg.export_write_meshes)
         if mirror and pred is not None:
             pred, center, located = unmirror(pred), mirror_xyz(center), mirror_xyz(located)
         res.add(fid, path, how, K, pred, center, located)

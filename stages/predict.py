@@ -29,11 +29,90 @@ def network_config(cfg: Config, checkpoint_config: dict | None) -> Config:
     return dataclasses.replace(cfg, **{k: checkpoint_config[k] for k in ARCHITECTURE_KEYS if k in checkpoint_config})
 
 
+def dataset_joints(net21: np.ndarray, dataset: str, palm_map: np.ndarray | None) -> np.ndarray:
+    """(N, 21, 3) network joints -> (N, Jd, 3) in the dataset's joint order (NYU PALM_2/PALM_3 through
+    the label-free palm map of models.palm_landmarks)."""
+    from datasets.joints import JOINT_SETS
+    from stages.metrics import joint_set_name
+    js = JOINT_SETS[joint_set_name(dataset)]
+    if js.name == "nyu":
+        from models.palm_landmarks import nyu14_from_network
+        return nyu14_from_network(net21, palm_map)
+    return net21[:, list(js.to_network)]
+
+
 class Predictor:
-    """A trained DualBranchNet in eval mode with its hand model, on one device."""
+    """A trained DualBranchNet in eval mode with its hand model, on one device.
+
+    The three-line API (no Config needed; localization included)::
+
+        predictor = Predictor.load("checkpoints/nyu_finetune/best.pt")
+        result = predictor(depth_mm, K)          # (H, W) depth in mm (0 = missing), (3, 3) intrinsics
+        result["joints21_mm"], result["joints_mm"], result["params"], result["verts_mm"], result["center_mm"]
+    """
 
     def __init__(self, cfg: Config, net: torch.nn.Module, hand_model: torch.nn.Module, device: torch.device):
         self.cfg, self.net, self.hand_model, self.device = cfg, net.eval(), hand_model, device
+        self._palm_map = None
+
+    @staticmethod
+    def load(path: str | Path, device: str = "auto", **settings) -> "Predictor":
+        """A checkpoint's network with the settings it was trained with (cube, localization, branch, ...);
+        `settings` override them, e.g. cube_mm=[200, 200, 200], export_branch='mpe'."""
+        from config import _fields, make_config
+        from stages.checkpoints import load_checkpoint
+        saved = load_checkpoint(Path(path)).get("config", {})
+        keep = {k: v for k, v in saved.items() if k in _fields() and k not in ("phase", "resume", "overwrite", "config")}
+        cfg = make_config([], **{**keep, **settings, "phase": "export", "load_model": str(path), "device": device})
+        return Predictor.from_checkpoint(cfg)
+
+    def __call__(self, depth_mm: np.ndarray, K: np.ndarray, center_mm: np.ndarray | None = None) -> dict:
+        """One full depth frame -> the hand in it, camera mm (x right, y down, z forward).
+
+        depth_mm (H, W) mm, 0 = missing; K (3, 3) intrinsics; center_mm (3,): the crop centre, or None to
+        find the hand (nearest hand-sized region, mean shift, re-cropped at the predicted joints).
+        Returns found (bool), center_mm (3,) of the final crop, located_mm (3,) the localizer's hand
+        surface centre, joints21_mm (21, 3) of the network's export_branch,
+        joints_mm (Jd, 3) in the checkpoint dataset's joint set, params (62,), verts_mm (V, 3), faces
+        (F, 3); NaN arrays (found False) when no hand is found."""
+        from datasets.localize import HandTracker, LocalizerSettings
+        K = np.asarray(K, np.float64)
+        if center_mm is None:
+            tracker = HandTracker((K[0, 0], K[1, 1], K[0, 2], K[1, 2]), LocalizerSettings.from_config(self.cfg), False)
+            center_mm, located, how, pred = self.locate_and_predict(depth_mm, tracker, K, with_mesh=True)
+        else:
+            located, how, pred = center_mm, "given", self.predict_frame(depth_mm, center_mm, K, with_mesh=True)
+        faces = self.hand_model.faces.cpu().numpy()
+        if pred is None:
+            nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
+            return {"found": False, "center_mm": nan(3), "located_mm": nan(3), "joints21_mm": nan(21, 3), "joints_mm": None,
+                    "params": nan(62), "verts_mm": None, "faces": faces, "localization": how}
+        if self._palm_map is None and self.cfg.preset().joint_set == "nyu":
+            from models.palm_landmarks import build_palm_landmarks
+            self._palm_map = build_palm_landmarks(self.hand_model).palm_map
+        joints = dataset_joints(pred["xyz"][None], self.cfg.dataset, self._palm_map)[0]
+        return {"found": True, "center_mm": np.asarray(center_mm, np.float64), "located_mm": np.asarray(located),
+                "joints21_mm": pred["xyz"],
+                "joints_mm": joints, "params": pred["params"], "verts_mm": pred["verts"], "faces": faces,
+                "localization": how}
+
+    def locate_and_predict(self, depth: np.ndarray, tracker, K: np.ndarray, with_mesh: bool):
+        """Crop centre, localizer's surface centre, how it was found, prediction of one (mirrored) frame.
+
+        A detected centre is a surface centre: the frame is predicted once there, re-cropped at the
+        predicted joint mean and predicted again.  The tracker is seeded with the final joint mean.
+        """
+        center, how = tracker.locate(depth)
+        if center is None:
+            tracker.update(None)
+            return None, None, how, None
+        located = tracker.surface
+        pred = self.predict_frame(depth, center, K, with_mesh)
+        if how == "detected" and np.all(np.isfinite(pred["xyz"])):
+            center = pred["xyz"].mean(axis=0)
+            pred = self.predict_frame(depth, center, K, with_mesh)
+        tracker.update(pred["xyz"].mean(axis=0))
+        return center, located, how, pred
 
     @staticmethod
     def from_checkpoint(cfg: Config) -> "Predictor":

@@ -11,6 +11,7 @@ from config import make_config
 from datasets.joints import NYU14
 from render.camera import make_intrinsics, project
 from stages import evaluate as E
+from stages.predict import dataset_joints
 from stages.results_io import read_uvd_file
 
 NEEDED = ("models.dual_branch", "models.mano", "render.hand_renderer", "datasets.nyu", "stages.predict")
@@ -29,12 +30,12 @@ def test_frame_uvd_unmirrors_about_the_principal_point():
 
 def test_dataset_joints_use_the_joint_tables():
     j = np.random.default_rng(0).normal(size=(2, 21, 3))
-    icvl = E.dataset_joints(j, "icvl", None)
+    icvl = dataset_joints(j, "icvl", None)
     assert icvl.shape == (2, 16, 3) and np.array_equal(icvl[:, 3], j[:, 15])  # ICVL thumb "tip" <- IP
-    msra = E.dataset_joints(j, "msra", None)
+    msra = dataset_joints(j, "msra", None)
     assert np.array_equal(msra[:, 4], j[:, 16])
     palm_map = np.full((3, 21), 1.0 / 21)
-    nyu = E.dataset_joints(j, "nyu", palm_map)
+    nyu = dataset_joints(j, "nyu", palm_map)
     assert nyu.shape == (2, 14, 3) and np.allclose(nyu[:, 13], j.mean(1)) and np.array_equal(nyu[:, 11], j[:, 0])
 
 

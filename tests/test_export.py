@@ -37,7 +37,8 @@ def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(0)
     net = DualBranchNet(cfg, HandRenderer(build_hand_model(cfg), size=128))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, {"model": net.state_dict(), "config": cfg.to_dict()})
+    save_checkpoint(path, {"model": net.state_dict(), "config": cfg.to_dict(),
+                           "hand_model": build_hand_model(cfg).identity()})
     return str(path)
 
 
@@ -203,3 +204,21 @@ def test_kinect2_frames_export_end_to_end(tmp_path, checkpoint, shared_data):
     z = npz["located_mm"][found][:, 2]
     assert np.all((z > 450.0) & (z < 700.0)), z
     assert all((r["localization"] == "missing") != f for r, f in zip(frame_rows, found))
+
+
+def test_three_line_python_api_on_a_real_kinect2_frame(checkpoint, shared_data):
+    """Predictor.load + predictor(depth_mm, K): localization, crop and both outputs, no Config."""
+    from datasets.depth_io import read_depth
+    from stages.predict import Predictor
+    frame = shared_data / "kinect2" / "00000001.png"
+    if not frame.is_file():
+        pytest.skip("../shared/data/kinect2 is not present")
+    predictor = Predictor.load(checkpoint, device="cpu")
+    result = predictor(read_depth(frame), intrinsics(363.9, 363.9, 255.4, 206.3))
+    assert result["found"] and result["localization"] == "detected"
+    assert 450.0 < result["located_mm"][2] < 700.0           # the hand of this frame (see the export test)
+    assert result["joints21_mm"].shape == (21, 3) and result["joints_mm"].shape == (14, 3)   # NYU joint set
+    assert result["params"].shape == (62,) and result["verts_mm"].shape[1] == 3
+    assert np.isfinite(result["joints21_mm"]).all() and result["faces"].shape[1] == 3
+    empty = predictor(np.zeros((424, 512), np.float32), intrinsics(363.9, 363.9, 255.4, 206.3))
+    assert not empty["found"] and np.isnan(empty["center_mm"]).all()
