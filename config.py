@@ -430,20 +430,55 @@ def make_config(args: list[str] | None = None, **overrides: Any) -> Config:
     return validate(Config(**{k: _coerce(k, v) for k, v in merged.items()}).resolved())
 
 
-def help_text() -> str:
-    lines = ["usage: python train_render.py [key=value ...]", "", "settings (default: description):"]
+# --help sections: (name, first setting of the section); each runs to the next section's first setting.
+HELP_SECTIONS = (("run", "phase"), ("schedule", "epochs"), ("network", "net"), ("hand", "mano_path"),
+                 ("dataset", "fx"), ("synthetic", "synth_depth_range_mm"), ("losses", "huber_delta_nu"),
+                 ("fitting", "handbox_xy_margin_mm"), ("translator", "gan_ngf"), ("outputs", "pred_file"),
+                 ("export", "export_source"))
+
+
+def help_sections() -> dict[str, list[dataclasses.Field]]:
+    """{section name: its fields} in declaration order."""
+    starts = {first: name for name, first in HELP_SECTIONS}
+    out: dict[str, list[dataclasses.Field]] = {}
+    current = HELP_SECTIONS[0][0]
     for f in dataclasses.fields(Config):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        choices = f.metadata.get("choices")
-        extra = f" [{'|'.join(map(str, choices))}]" if choices else ""
-        lines.append(f"  {f.name}={default!r}{extra}\n      {f.metadata['help']}")
+        current = starts.get(f.name, current)
+        out.setdefault(current, []).append(f)
+    return out
+
+
+def help_text(section: str | None = None) -> str:
+    """Every setting with its default and description, grouped by section (or one section)."""
+    sections = help_sections()
+    if section is not None and section not in sections:
+        raise ConfigError(f"unknown help section '{section}'; sections: {', '.join(sections)}")
+    lines = ["usage: python train_render.py [key=value ...]   (--help SECTION shows one section: "
+             + ", ".join(sections) + ")"]
+    for name, fields in sections.items():
+        if section is not None and name != section:
+            continue
+        lines += ["", f"[{name}] (default: description)"]
+        for f in fields:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            choices = f.metadata.get("choices")
+            extra = f" [{'|'.join(map(str, choices))}]" if choices else ""
+            lines.append(f"  {f.name}={default!r}{extra}\n      {f.metadata['help']}")
     return "\n".join(lines)
 
 
 def config_from_cli(argv: list[str]) -> Config:
     """Parse argv; print help and exit 0 on --help, one error line and exit 2 on bad input."""
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(help_text())
+    flags = [i for i, a in enumerate(argv) if a in ("-h", "--help", "help")]
+    if flags:
+        nxt = argv[flags[0] + 1] if flags[0] + 1 < len(argv) and "=" not in argv[flags[0] + 1] else None
+        try:
+            print(help_text(nxt))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except BrokenPipeError:       # `--help | head`
+            pass
         sys.exit(0)
     try:
         return make_config(argv)

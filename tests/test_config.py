@@ -77,10 +77,14 @@ def test_missing_or_bad_yaml(tmp_path):
         make_config([f"config={bad}"])
 
 
-def test_help_lists_every_key():
+def test_help_lists_every_key_in_sections():
     text = help_text()
     for name in Config.__dataclass_fields__:
         assert f"  {name}=" in text
+    losses = help_text("losses")
+    assert "[losses]" in losses and "  w_render=" in losses and "  lr=" not in losses
+    with pytest.raises(ConfigError, match="unknown help section 'bogus'; sections: run, schedule"):
+        help_text("bogus")
 
 
 def test_cli_exit_codes():
