@@ -53,11 +53,8 @@ def real_set_args(args) -> list[str]:
     if args.real_set == "simreal":
         return ["dataset=simreal", f"data_root={args.data_root or 'data/simreal_exp'}",
                 f"simreal_train_frames={args.train_frames}", f"simreal_test_frames={args.test_frames}"]
-    root = Path(args.data_root or "data/mismatch_exp")
-    if not (root / "test" / "center_test_refined.txt").is_file():
-        from datasets.mismatch import generate_mismatch
-        print(f"experiment: generating the mismatch set into {root} ({args.train_frames} + {args.test_frames} frames)")
-        generate_mismatch(root, args.train_frames, args.test_frames, seed=0)
+    from datasets.mismatch import ensure_mismatch
+    root = ensure_mismatch(args.data_root or "data/mismatch_exp", args.train_frames, args.test_frames)
     return ["dataset=nyu", f"data_root={root}"]
 
 
