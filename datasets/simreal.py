@@ -35,7 +35,8 @@ from torch import Tensor
 
 from config import Config
 from datasets.joints import NYU14, NYU_EVAL_IDS_36
-from datasets.synthetic import axis_angle_to_quat, compose_global_rotation, hand_arrays, sample_seed
+from datasets.synthetic import hand_arrays, sample_seed
+from hand.rotations import axis_angle_to_quat, compose_global_rotation
 from render import camera
 
 SIMREAL_SEED = 2022

@@ -31,51 +31,14 @@ import torch
 from torch import Tensor
 
 from config import Config
-from datasets.joints import NUM_JOINTS
+from hand.rotations import axis_angle_to_quat, compose_global_rotation
+from hand.skeleton import NUM_JOINTS
 from render import camera
 
 VIEW_ROTATIONS = ("none", "original", "so3")
 
 
-# ---- rotations (quaternions w, x, y, z) ----------------------------------------------------------
-def axis_angle_to_quat(aa: Tensor) -> Tensor:
-    """Axis-angle (..., 3) -> unit quaternion (..., 4) (w first); safe at zero angle."""
-    angle = aa.norm(dim=-1, keepdim=True)
-    half = 0.5 * angle
-    small = angle < 1e-8
-    k = torch.where(small, 0.5 - angle * angle / 48.0, torch.sin(half) / angle.clamp_min(1e-8))
-    return torch.cat([torch.cos(half), aa * k], dim=-1)
-
-
-def quat_to_axis_angle(q: Tensor) -> Tensor:
-    """Unit quaternion (..., 4) -> axis-angle (..., 3) with angle in [0, pi]."""
-    q = torch.where(q[..., :1] < 0, -q, q)
-    v = q[..., 1:]
-    n = v.norm(dim=-1, keepdim=True)
-    angle = 2.0 * torch.atan2(n, q[..., :1])
-    k = torch.where(n < 1e-8, 2.0 / q[..., :1].clamp_min(1e-8), angle / n.clamp_min(1e-8))
-    return v * k
-
-
-def quat_mul(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a*b (..., 4): the rotation b followed by a."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
-                        aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
-
-
-def quat_to_matrix(q: Tensor) -> Tensor:
-    """Unit quaternion (..., 4) -> rotation matrix (..., 3, 3)."""
-    w, x, y, z = q.unbind(-1)
-    rows = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
-    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (3, 3))
-
-
+# ---- view rotations --------------------------------------------------------------------------
 def random_view_quats(n: int, mode: str, generator: torch.Generator) -> Tensor:
     """View rotations (n, 4): 'none' identity, 'original' axis-angle ~ U([0, 2pi)^3) (not uniform),
     'so3' uniform on SO(3) (normalized Gaussian quaternion)."""
@@ -88,11 +51,6 @@ def random_view_quats(n: int, mode: str, generator: torch.Generator) -> Tensor:
         q = torch.randn(n, 4, generator=generator, device=dev)
         return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     raise ValueError(f"unknown view rotation '{mode}'; valid: {', '.join(VIEW_ROTATIONS)}")
-
-
-def compose_global_rotation(omega: Tensor, view_q: Tensor) -> Tensor:
-    """omega' (B, 3) with rot(omega') = R(view_q) @ rot(omega)."""
-    return quat_to_axis_angle(quat_mul(view_q, axis_angle_to_quat(omega)))
 
 
 # ---- placement, targets and occlusion ------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from config import Config
-from datasets.joints import NUM_JOINTS
+from hand.skeleton import NUM_JOINTS
 from losses.huber import huber
 from models.dual_branch import decode_joints, encode_joints
 

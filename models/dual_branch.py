@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from config import Config
-from datasets.joints import NUM_JOINTS
+from hand.skeleton import NUM_JOINTS
 from models import densemap
 from models.backbone import NET_WIDTHS, Body, Decoder, Heads, Stem, init_weights
 

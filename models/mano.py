@@ -18,7 +18,8 @@ import torch
 from smplx.lbs import lbs
 from torch import Tensor, nn
 
-from datasets.joints import MANO_PARENTS, TIP_VERTEX_IDS
+from hand.rotations import axis_angle_to_matrix
+from hand.skeleton import MANO_PARENTS, TIP_VERTEX_IDS
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +28,6 @@ MANO_WRIST_LOOP = (121, 214, 215, 279, 239, 234, 92, 38, 122, 118, 117, 119, 120
 PART_WEIGHT_THRESHOLD = 0.1
 MANO_URL = "https://mano.is.tue.mpg.de"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def axis_angle_to_matrix(rotvec: Tensor) -> Tensor:
-    """Rodrigues map (..., 3) -> (..., 3, 3), exact and differentiable at zero angle.
-
-    R = I + A K + B K^2 with A = sin t / t and B = (1 - cos t) / t^2, replaced by their Taylor
-    series below t^2 = 1e-6 (the division would lose precision and give NaN gradients at 0).
-    """
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(rotvec.shape + (3,))
-    t2 = (rotvec * rotvec).sum(-1)
-    small = t2 < 1e-6
-    t2_safe = torch.where(small, torch.ones_like(t2), t2)
-    t = t2_safe.sqrt()
-    A = torch.where(small, 1 - t2 / 6 + t2 * t2 / 120, torch.sin(t) / t)
-    B = torch.where(small, 0.5 - t2 / 24 + t2 * t2 / 720, (1 - torch.cos(t)) / t2_safe)
-    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    return eye + A[..., None, None] * K + B[..., None, None] * (K @ K)
 
 
 def _boundary_loop(faces: np.ndarray) -> list[int]:

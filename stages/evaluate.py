@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from config import Config
-from datasets.joints import JOINT_SETS, NETWORK_PARENTS
+from datasets.joints import JOINT_SETS
+from hand.skeleton import NETWORK_PARENTS
 from render import camera
 from stages.metrics import CURVE_MODES, joint_set_name, protocol_errors
 from stages.predict import dataset_joints

@@ -34,9 +34,10 @@ from tqdm import tqdm
 from config import Config
 from datasets.common import mirror_frame, mirror_xyz
 from datasets.depth_io import DatasetError
-from datasets.joints import DHG22_FROM_NETWORK, NETWORK_PARENTS
+from datasets.joints import DHG22_FROM_NETWORK
 from datasets.localize import HandTracker, LocalizerSettings
 from datasets.streams import Sequence, folder_sequence, gesture_sequences, read_frame, write_skeletons
+from hand.skeleton import NETWORK_PARENTS
 from render import camera
 from stages.predict import Predictor
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from config import make_config
-from datasets.synthetic import (SyntheticDataset, SyntheticHands, axis_angle_to_quat, carve_occluders,
-                                compose_global_rotation, off_axis_uv, quat_to_axis_angle, quat_to_matrix,
-                                random_view_quats)
+from datasets.synthetic import SyntheticDataset, SyntheticHands, carve_occluders, off_axis_uv, random_view_quats
+from hand.rotations import axis_angle_to_quat, compose_global_rotation, quat_to_axis_angle, quat_to_matrix
 from render import camera
 
 
