@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hand.params import NUM_POSE_COEFFS, POSE, ROTATION, TRANSLATION, identity_params  # noqa: E402
 from render import camera  # noqa: E402
 from render.geometry import part_point_mesh_sqdist, point_mesh_sqdist  # noqa: E402
 from render.rasterizer import pytorch3d_available, rasterize_depth  # noqa: E402
@@ -50,13 +51,12 @@ def workload(B: int, seed: int = 0, device: str = "cpu"):
     center = torch.stack([torch.zeros(B), torch.zeros(B), z0], -1)
     cube = torch.full((B, 3), 250.0)
     if hm is not None:
-        params = torch.zeros(B, 62)
-        params[:, :3] = (torch.rand(B, 3, generator=g) - 0.5) * 2.0
-        params[:, 3:48] = torch.randn(B, 45, generator=g) * 0.7
-        params[:, 58] = 1.0
+        params = identity_params(B)
+        params[:, ROTATION] = (torch.rand(B, 3, generator=g) - 0.5) * 2.0
+        params[:, POSE] = torch.randn(B, NUM_POSE_COEFFS, generator=g) * 0.7
         with torch.no_grad():
             _, joints = hm.network_space(params)
-            params[:, 59:62] = -joints.mean(1)
+            params[:, TRANSLATION] = -joints.mean(1)
             verts_n, _ = hm.network_space(params)
         faces = hm.faces
     else:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from config import Config
+from hand.params import NETWORK_UNIT_MM, NUM_PARAMS, NUM_SHAPE_COEFFS, ROTATION, SCALE, SHAPE, TRANSLATION
 from hand.rotations import axis_angle_to_quat, compose_global_rotation
 from hand.skeleton import NUM_JOINTS
 from render import camera
@@ -63,8 +64,8 @@ def network_params(rows: Tensor, joint_mean_mm: Tensor, place_mm: Tensor, center
     """
     half = 0.5 * cube[:, :1]
     out = rows.clone()
-    out[:, 58] = rows[:, 58] * 125.0 / half[:, 0]
-    out[:, 59:62] = (rows[:, 59:62] - joint_mean_mm + place_mm - center) / half
+    out[:, SCALE] = rows[:, SCALE] * NETWORK_UNIT_MM / half[:, 0]
+    out[:, TRANSLATION] = (rows[:, TRANSLATION] - joint_mean_mm + place_mm - center) / half
     return out
 
 
@@ -110,8 +111,8 @@ def load_pose_rows(path: str) -> Tensor:
         raise FileNotFoundError(f"synth_pose_file not found: {path}")
     arr = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, ndmin=2)
     arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[1] != 62 or len(arr) == 0:
-        raise ValueError(f"synth_pose_file {path}: expected rows of 62 values, got shape {arr.shape}")
+    if arr.ndim != 2 or arr.shape[1] != NUM_PARAMS or len(arr) == 0:
+        raise ValueError(f"synth_pose_file {path}: expected rows of {NUM_PARAMS} values, got shape {arr.shape}")
     return torch.from_numpy(arr)
 
 
@@ -203,7 +204,7 @@ class SyntheticHands:
             g = torch.Generator().manual_seed(int(seed))
         dev = g.device
         rows = self._source_rows(B, g)
-        rows[:, 48:58] += cfg.synth_shape_noise * torch.randn(B, 10, generator=g, device=dev)
+        rows[:, SHAPE] += cfg.synth_shape_noise * torch.randn(B, NUM_SHAPE_COEFFS, generator=g, device=dev)
         view_q = random_view_quats(B, self.rotation, g)
         lo, hi = (float(v) for v in cfg.synth_depth_range_mm)
         z0 = lo + (hi - lo) * torch.rand(B, generator=g, device=dev)
@@ -229,7 +230,7 @@ class SyntheticHands:
         B = d.rows.shape[0]
         rows = d.rows.to(torch.float32).clone()
         if self.rotation != "none":
-            rows[:, :3] = compose_global_rotation(rows[:, :3], d.view_q)
+            rows[:, ROTATION] = compose_global_rotation(rows[:, ROTATION], d.view_q)
         verts_src, joints_src = self.hand_model.source_space(rows)
         m = joints_src.mean(dim=1)
         K = self.K.to(device)

@@ -18,13 +18,12 @@ import torch
 from torch import Tensor
 
 from config import Config
+from hand.params import SCALE, SHAPE
 from hand.skeleton import NUM_JOINTS
 from losses.huber import huber
 from models.dual_branch import decode_joints, encode_joints
 
 ALL_JOINTS = tuple(range(NUM_JOINTS))
-BETA = slice(48, 58)
-SCALE = 58
 
 
 def map_channels(joint_ids: tuple[int, ...], num_joints: int = NUM_JOINTS) -> list[int]:
@@ -64,7 +63,7 @@ def pwe_terms(maps: Tensor, target: Tensor, ref_depth: Tensor, joints_uvd: Tenso
 def prior_terms(params: Tensor, cfg: Config) -> dict[str, Tensor]:
     """Shape prior mean(beta^2) and positive-scale penalty mean(max(-s, 0)) of params (B, 62)."""
     params = params.float()
-    return {"shape_prior": cfg.w_shape_prior * params[:, BETA].square().mean(),
+    return {"shape_prior": cfg.w_shape_prior * params[:, SHAPE].square().mean(),
             "scale": cfg.w_scale * torch.relu(-params[:, SCALE]).mean()}
 
 

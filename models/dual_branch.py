@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from config import Config
+from hand.params import NUM_PARAMS
 from hand.skeleton import NUM_JOINTS
 from models import densemap
 from models.backbone import NET_WIDTHS, Body, Decoder, Heads, Stem, init_weights
 
-NUM_PARAMS = 62
 MAP_CHANNELS = 4 * NUM_JOINTS
 
 

@@ -18,12 +18,12 @@ import torch
 from smplx.lbs import lbs
 from torch import Tensor, nn
 
+from hand.params import NETWORK_UNIT_MM, NUM_MANO_PARAMS, NUM_PARAMS, POSE, ROTATION, SCALE, SHAPE, TRANSLATION
 from hand.rotations import axis_angle_to_matrix
 from hand.skeleton import MANO_PARENTS, TIP_VERTEX_IDS
 
 log = logging.getLogger(__name__)
 
-NETWORK_UNIT_MM = 125.0          # network space: X_n = s * MANO_mm / 125 + t
 MANO_WRIST_LOOP = (121, 214, 215, 279, 239, 234, 92, 38, 122, 118, 117, 119, 120, 108, 79, 78)
 PART_WEIGHT_THRESHOLD = 0.1
 MANO_URL = "https://mano.is.tue.mpg.de"
@@ -145,10 +145,11 @@ class HandModel(nn.Module):
 
         Unscaled, untranslated MANO in its own frame (s and t are ignored here).
         """
-        if params.dim() != 2 or params.shape[1] not in (58, 62):
-            raise ValueError(f"hand parameters must be (B, 62) or (B, 58), got {tuple(params.shape)}")
+        if params.dim() != 2 or params.shape[1] not in (NUM_MANO_PARAMS, NUM_PARAMS):
+            raise ValueError(f"hand parameters must be (B, {NUM_PARAMS}) or (B, {NUM_MANO_PARAMS}), "
+                             f"got {tuple(params.shape)}")
         params = params.to(self.v_template.dtype)
-        omega, theta, beta = params[:, :3], params[:, 3:48], params[:, 48:58]
+        omega, theta, beta = params[:, ROTATION], params[:, POSE], params[:, SHAPE]
         with torch.autocast(device_type=params.device.type, enabled=False):  # MANO stays float32
             rotvec = torch.cat([omega[:, None], self.articulation(theta)], dim=1)   # (B, 16, 3)
             rot = axis_angle_to_matrix(rotvec)
@@ -162,14 +163,14 @@ class HandModel(nn.Module):
     def source_space(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """params (B, 62) -> (verts, joints) = s · MANO_mm + t, in mm."""
         verts, joints = self.mano_mm(params)
-        s, t = params[:, 58, None, None].to(verts.dtype), params[:, None, 59:62].to(verts.dtype)
+        s, t = params[:, SCALE, None, None].to(verts.dtype), params[:, None, TRANSLATION].to(verts.dtype)
         return s * verts + t, s * joints + t
 
     def network_space(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """params (B, 62) nu -> (verts, joints) = s · MANO_mm / 125 + t, normalized xyz (nu)."""
         verts, joints = self.mano_mm(params)
-        s = params[:, 58, None, None].to(verts.dtype) / NETWORK_UNIT_MM
-        t = params[:, None, 59:62].to(verts.dtype)
+        s = params[:, SCALE, None, None].to(verts.dtype) / NETWORK_UNIT_MM
+        t = params[:, None, TRANSLATION].to(verts.dtype)
         return s * verts + t, s * joints + t
 
 

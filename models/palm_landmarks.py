@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from datasets.joints import NYU14
+from hand.params import NUM_POSE_COEFFS, NUM_SHAPE_COEFFS, POSE, ROTATION, SHAPE, identity_params
 
 WRIST_SET_SIZE = 3
 PALM_SET_SIZE = 8
@@ -50,13 +51,6 @@ class PalmLandmarks:
     vertex_sets: tuple[np.ndarray, np.ndarray, np.ndarray]
     palm_map: np.ndarray
     fit_rms_mm: np.ndarray
-
-
-def template_params(n: int = 1, dtype: torch.dtype = torch.float32) -> Tensor:
-    """(n, 62) rows of the template: ω = 0, θ = 0 (mean articulation), β = 0, s = 1, t = 0."""
-    p = torch.zeros(n, 62, dtype=dtype)
-    p[:, 58] = 1.0
-    return p
 
 
 def wrist_ring(faces: np.ndarray, cap_vertex: int) -> np.ndarray:
@@ -95,10 +89,10 @@ def random_pose_rows(n: int, generator: torch.Generator) -> Tensor:
     axis = torch.randn(n, 3, generator=generator, dtype=torch.float64)
     axis = axis / axis.norm(dim=1, keepdim=True)
     angle = math.pi * torch.rand(n, 1, generator=generator, dtype=torch.float64)
-    rows = template_params(n, torch.float64)
-    rows[:, 0:3] = axis * angle
-    rows[:, 3:48] = POSE_COEFF_STD * torch.randn(n, 45, generator=generator, dtype=torch.float64)
-    rows[:, 48:58] = SHAPE_STD * torch.randn(n, 10, generator=generator, dtype=torch.float64)
+    rows = identity_params(n, torch.float64)
+    rows[:, ROTATION] = axis * angle
+    rows[:, POSE] = POSE_COEFF_STD * torch.randn(n, NUM_POSE_COEFFS, generator=generator, dtype=torch.float64)
+    rows[:, SHAPE] = SHAPE_STD * torch.randn(n, NUM_SHAPE_COEFFS, generator=generator, dtype=torch.float64)
     return rows.float()
 
 
@@ -147,7 +141,7 @@ def build_palm_landmarks(hand_model, num_samples: int = FIT_SAMPLES, seed: int =
     pose_rows (n, 62): source-space rows to fit on (e.g. models.pose_sampler); default: the seeded
     fallback sampler `random_pose_rows`.
     """
-    tv, tj = sample_hands(hand_model, template_params(1))
+    tv, tj = sample_hands(hand_model, identity_params(1))
     faces = hand_model.faces.detach().cpu().numpy()
     sets = choose_vertex_sets(tv[0], tj[0], faces)
     if pose_rows is None:

@@ -26,10 +26,10 @@ from torch import Tensor
 
 from smplx.lbs import batch_rigid_transform
 
+from hand.params import POSE, ROTATION, identity_params
 from hand.rotations import axis_angle_to_matrix, rotation_about_axis
 from hand.skeleton import BONE_CHILD, CHAINS, MANO_PARENTS, TIP_PARENTS, TIP_VERTEX_IDS
 
-NUM_PARAMS = 62
 FINGER_CHAINS = CHAINS[:4]  # index, middle, pinky, ring
 THUMB_CHAIN = CHAINS[4]
 # Abduction direction of each finger's spread (toward the little finger positive).
@@ -243,10 +243,9 @@ class PoseSampler:
         else:
             theta = self._articulated_thetas(n, g)
         omega = sample_view_rotation(n, g, self.finger_dir, self.palmar)
-        rows = torch.zeros(n, NUM_PARAMS, dtype=torch.float64)
-        rows[:, :3] = omega
-        rows[:, 3:48] = theta
-        rows[:, 58] = 1.0
+        rows = identity_params(n, torch.float64)
+        rows[:, ROTATION] = omega
+        rows[:, POSE] = theta
         return rows.float()
 
 

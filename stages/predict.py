@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from config import Config
+from hand.params import NUM_PARAMS
 from models.densemap import decode
 from render import camera
 
@@ -86,7 +87,7 @@ class Predictor:
         if pred is None:
             nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
             return {"found": False, "center_mm": nan(3), "located_mm": nan(3), "joints21_mm": nan(21, 3), "joints_mm": None,
-                    "params": nan(62), "verts_mm": None, "faces": faces, "localization": how}
+                    "params": nan(NUM_PARAMS), "verts_mm": None, "faces": faces, "localization": how}
         if self._palm_map is None and self.cfg.preset().joint_set == "nyu":
             from models.palm_landmarks import build_palm_landmarks
             self._palm_map = build_palm_landmarks(self.hand_model).palm_map

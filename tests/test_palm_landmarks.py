@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from datasets.joints import NYU14
+from hand.params import identity_params
 from models import palm_landmarks as P
 
 
@@ -16,7 +17,7 @@ def palm(hand_model):
 
 @pytest.fixture(scope="module")
 def template(hand_model):
-    v, j = P.sample_hands(hand_model, P.template_params(1))
+    v, j = P.sample_hands(hand_model, identity_params(1))
     return v[0], j[0], hand_model.faces.cpu().numpy()
 
 
