@@ -334,12 +334,12 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _fields() -> dict[str, dataclasses.Field]:
+def config_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _coerce(name: str, value: Any) -> Any:
-    f = _fields()[name]
+    f = config_fields()[name]
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     choices = f.metadata.get("choices")
     if isinstance(value, str) and isinstance(default, str) or (choices and isinstance(value, str)):
@@ -380,7 +380,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def _check_key(key: str) -> str:
-    names = _fields()
+    names = config_fields()
     k = key.strip().lower().replace("-", "_")
     if k not in names:
         hint = difflib.get_close_matches(k, list(names), n=1)
@@ -402,7 +402,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             out[k] = raw
         if isinstance(out[k], (int, float, list, bool)) or out[k] is None:
-            f = _fields()[k]
+            f = config_fields()[k]
             if f.type == "str":  # e.g. run names made of digits stay strings
                 out[k] = raw
     return out

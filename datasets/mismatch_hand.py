@@ -39,8 +39,9 @@ from smplx.lbs import batch_rigid_transform
 from datasets.mismatch_geometry import plane_section, polygon_centroid, ray_hit
 from hand.rotations import axis_angle_to_matrix, rotation_about_axis
 from hand.skeleton import BONE_CHILD, CHAINS, MANO_PARENTS, TIP_PARENTS, TIP_VERTEX_IDS
+from models.mano import HandModel
 from models.pose_sampler import anatomical_axes
-from models.standin_hand import NUM_VERTS, skinning_weights, vertex_normals
+from models.standin_hand import NUM_VERTS, make_standin_arrays, skinning_weights, vertex_normals
 from models.standin_mesh import THICKNESS_RATIO, build_layout, finalize_mesh, hand_vertices
 
 TIP_BONES = TIP_PARENTS          # the bone each fingertip label moves with
@@ -117,8 +118,6 @@ def hand_frame(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def base_hand() -> dict:
     """The stand-in's rest mesh (mm), joints (16, 3), weights, faces (open, and capped with its loop),
     vertex labels (0 palm, c + 1 chain c) and ring ids; the HandModel itself under 'model'."""
-    from models.mano import HandModel
-    from models.standin_hand import make_standin_arrays
     layout = build_layout()
     mesh = finalize_mesh(layout, hand_vertices(layout, np.zeros(10)), NUM_VERTS, TIP_VERTEX_IDS)
     arrays = make_standin_arrays()

@@ -35,10 +35,15 @@ from torch import Tensor
 
 from config import Config
 from datasets.joints import NYU14, NYU_EVAL_IDS_36
-from datasets.synthetic import hand_arrays, sample_seed
+from datasets.nyu import write_nyu_split
+from datasets.synthetic import sample_seed
 from hand.params import NUM_POSE_COEFFS, NUM_SHAPE_COEFFS, POSE, ROTATION, SCALE, SHAPE, TRANSLATION, identity_params
 from hand.rotations import axis_angle_to_quat, compose_global_rotation
+from models.mano import build_hand_model, hand_arrays
+from models.palm_landmarks import choose_vertex_sets
+from models.pose_sampler import PoseSampler
 from render import camera
+from render.rasterizer import rasterize_depth
 
 SIMREAL_SEED = 2022
 NYU_FILL_MM = 2001.0
@@ -279,14 +284,12 @@ class SimrealScene:
         self.faces = torch.cat([faces, forearm_faces(self.loop, self.num_verts, style.arm_rings)])
         with torch.no_grad():
             v, j = hand_model.source_space(identity_params(1))
-        from models.palm_landmarks import choose_vertex_sets
         sets = choose_vertex_sets(v[0].numpy(), j[0].numpy(), faces.numpy())
         self.palm_sets = (np.asarray(sets[1]), np.asarray(sets[2]))
         g = torch.Generator().manual_seed(sample_seed(seed, 999_999))
         self.subject_beta = style.subject_shape_std * torch.randn(NUM_SHAPE_COEFFS, generator=g)
         self.subject_scale = float(_uniform(g, 1, style.subject_scale_range))
         if pose_sampler is None:
-            from models.pose_sampler import PoseSampler
             pose_sampler = PoseSampler(hand_arrays(cfg, hand_model), seed=seed + style.pose_seed_offset)
         self.pose_sampler = pose_sampler
 
@@ -337,7 +340,6 @@ class SimrealScene:
     @torch.no_grad()
     def clean_depth(self, draws: dict, sl: slice) -> Tensor:
         """Noise-free scene depth (b, H, W) mm: hand + forearm + planes."""
-        from render.rasterizer import rasterize_depth
         H, W = self.frame_hw
         v, j = self.hands_mm(draws, sl)
         arm = forearm_verts(v, j, self.loop, draws["arm_length"][sl], draws["arm_bend"][sl],
@@ -359,8 +361,6 @@ class SimrealScene:
 
 def generate_simreal(root: str | Path, cfg: Config, n_train: int, n_test: int, seed: int) -> dict:
     """Write <root>/{train,test} in the exact NYU format; returns a summary of the set."""
-    from datasets.nyu import write_nyu_split
-    from models.mano import build_hand_model
     t0 = time.perf_counter()
     scene = SimrealScene(cfg, build_hand_model(cfg).cpu(), seed)
     summary = {"root": str(root), "seed": seed, "frames": {}, "center_error_mm": {}}

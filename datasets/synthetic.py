@@ -21,7 +21,6 @@ pixel whose (u_n, v_n, d_n) lies strictly inside an occluder becomes background 
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,6 +33,8 @@ from config import Config
 from hand.params import NETWORK_UNIT_MM, NUM_PARAMS, NUM_SHAPE_COEFFS, ROTATION, SCALE, SHAPE, TRANSLATION
 from hand.rotations import axis_angle_to_quat, compose_global_rotation
 from hand.skeleton import NUM_JOINTS
+from models.mano import hand_arrays
+from models.pose_sampler import PoseSampler
 from render import camera
 
 VIEW_ROTATIONS = ("none", "original", "so3")
@@ -116,25 +117,6 @@ def load_pose_rows(path: str) -> Tensor:
     return torch.from_numpy(arr)
 
 
-@functools.lru_cache(maxsize=1)
-def _standin_arrays() -> dict:
-    from models.standin_hand import make_standin_arrays
-    return make_standin_arrays()
-
-
-def hand_arrays(cfg: Config, hand_model) -> dict:
-    """The MANO-layout arrays behind `hand_model` (for the pose sampler): its own `.arrays` when it
-    keeps them, else the stand-in or the model file of cfg.mano_path, as models.mano.build_hand_model."""
-    arrays = getattr(hand_model, "arrays", None)
-    if arrays is not None:
-        return arrays
-    if getattr(hand_model, "is_standin", True):
-        return _standin_arrays()
-    from models.mano import _resolve
-    from models.mano_io import load_mano_arrays
-    return load_mano_arrays(_resolve(cfg.mano_path))
-
-
 @dataclass
 class SyntheticDraws:
     """Every random quantity of a batch (B samples, N = synth_occluders_max)."""
@@ -183,7 +165,6 @@ class SyntheticHands:
         self.frame_hw = (int(cfg.image_height), int(cfg.image_width))
         self.pose_rows = load_pose_rows(cfg.synth_pose_file) if cfg.synth_pose_file else None
         if self.pose_rows is None and pose_sampler is None:
-            from models.pose_sampler import PoseSampler
             pose_sampler = PoseSampler(hand_arrays(cfg, hand_model), seed=cfg.seed)
         self.pose_sampler = pose_sampler
 

@@ -7,6 +7,7 @@ vertices, the wrist cap and the mm / network-space mappings of spec 3.2.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import warnings
@@ -18,9 +19,12 @@ import torch
 from smplx.lbs import lbs
 from torch import Tensor, nn
 
+from config import Config
 from hand.params import NETWORK_UNIT_MM, NUM_MANO_PARAMS, NUM_PARAMS, POSE, ROTATION, SCALE, SHAPE, TRANSLATION
 from hand.rotations import axis_angle_to_matrix
 from hand.skeleton import MANO_PARENTS, TIP_VERTEX_IDS
+from models.mano_io import load_mano_arrays, validate_mano_arrays
+from models.standin_hand import make_standin_arrays
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,6 @@ class HandModel(nn.Module):
 
     def __init__(self, arrays: dict):
         super().__init__()
-        from models.mano_io import validate_mano_arrays
         validate_mano_arrays(arrays, "hand model arrays")
         self.arrays = arrays
         self.is_standin = "standin_version" in arrays
@@ -185,17 +188,15 @@ def _resolve(path: str) -> Path | None:
     return None
 
 
-def resolved_hand_model(cfg) -> str:
+def resolved_hand_model(cfg: Config) -> str:
     """cfg.hand_model with 'auto' replaced by what build_hand_model will load: 'mano' or 'standin'."""
     if cfg.hand_model != "auto":
         return cfg.hand_model
     return "mano" if _resolve(cfg.mano_path) is not None else "standin"
 
 
-def build_hand_model(cfg) -> HandModel:
+def build_hand_model(cfg: Config) -> HandModel:
     """The hand layer of a run: MANO from cfg.mano_path, else the generated stand-in hand."""
-    from models.mano_io import load_mano_arrays
-    from models.standin_hand import make_standin_arrays
     choice = cfg.hand_model
     found = _resolve(cfg.mano_path) if choice in ("auto", "mano") else None
     if found is not None:
@@ -211,3 +212,19 @@ def build_hand_model(cfg) -> HandModel:
                       stacklevel=2)
     log.info("hand model: generated stand-in hand")
     return HandModel(make_standin_arrays())
+
+
+@functools.lru_cache(maxsize=1)
+def _standin_arrays() -> dict:
+    return make_standin_arrays()
+
+
+def hand_arrays(cfg: Config, hand_model) -> dict:
+    """The MANO-layout arrays behind `hand_model` (for the pose sampler): its own `.arrays` when it
+    keeps them, else the stand-in or the model file of cfg.mano_path, as `build_hand_model` would."""
+    arrays = getattr(hand_model, "arrays", None)
+    if arrays is not None:
+        return arrays
+    if getattr(hand_model, "is_standin", True):
+        return _standin_arrays()
+    return load_mano_arrays(_resolve(cfg.mano_path))

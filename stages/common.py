@@ -17,9 +17,11 @@ from torch import Tensor
 
 from config import Config, ConfigError
 from datasets import build_dataset
+from datasets.simreal import ensure_simreal
 from losses.pretrain import stage_mesh
 from models.dual_branch import DualBranchNet, decode_joints
 from models.mano import build_hand_model
+from models.translator import load_translator, translate
 from render import camera
 from render.hand_renderer import HandRenderer
 from stages import engine
@@ -50,7 +52,6 @@ def ensure_real_data(cfg: Config, r: engine.Run) -> None:
     """Generate the simreal set on first use (main process only; the others wait); other datasets
     are read as they are."""
     if cfg.dataset == "simreal":
-        from datasets.simreal import ensure_simreal
         if r.is_main:
             ensure_simreal(cfg)
         r.barrier()
@@ -74,7 +75,6 @@ def load_transfer(cfg: Config, run: engine.Run):
     if not cfg.transfer_net:
         run.print("transfer_net not set: training runs on untranslated synthetic crops")
         return None
-    from models.translator import load_translator
     run.print(f"synthetic crops are translated by {cfg.transfer_net}")
     return load_translator(cfg.transfer_net, run.device)
 
@@ -83,7 +83,6 @@ def network_input(batch: dict, translator, cfg: Config) -> Tensor:
     """The crop the network sees: the translated clean crop, or the clean crop itself."""
     if translator is None:
         return batch["clean"]
-    from models.translator import translate
     return translate(translator, batch["clean"], cfg.fg_threshold_nu if cfg.gan_snap_background else None)
 
 

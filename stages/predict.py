@@ -13,10 +13,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import Config
+from config import Config, config_fields, make_config
+from datasets.joints import JOINT_SETS
+from datasets.localize import HandTracker, LocalizerSettings
+from datasets.nyu import nyu14_from_network
 from hand.params import NUM_PARAMS
 from models.densemap import decode
+from models.dual_branch import DualBranchNet
+from models.mano import build_hand_model
+from models.palm_landmarks import build_palm_landmarks
 from render import camera
+from render.hand_renderer import HandRenderer
+from stages.checkpoints import check_hand_model, load_checkpoint
+from stages.engine import select_device
+from stages.metrics import joint_set_name
 
 # Settings that define the trained network; they come from the checkpoint, not the command line.
 ARCHITECTURE_KEYS = ("net", "stage_num", "map_size", "kernel_radius_nu", "softmax_temperature",
@@ -33,11 +43,8 @@ def network_config(cfg: Config, checkpoint_config: dict | None) -> Config:
 def dataset_joints(net21: np.ndarray, dataset: str, palm_map: np.ndarray | None) -> np.ndarray:
     """(N, 21, 3) network joints -> (N, Jd, 3) in the dataset's joint order (NYU PALM_2/PALM_3 through
     the label-free palm map of models.palm_landmarks)."""
-    from datasets.joints import JOINT_SETS
-    from stages.metrics import joint_set_name
     js = JOINT_SETS[joint_set_name(dataset)]
     if js.name == "nyu":
-        from models.palm_landmarks import nyu14_from_network
         return nyu14_from_network(net21, palm_map)
     return net21[:, list(js.to_network)]
 
@@ -60,10 +67,8 @@ class Predictor:
     def load(path: str | Path, device: str = "auto", **settings) -> "Predictor":
         """A checkpoint's network with the settings it was trained with (cube, localization, branch, ...);
         `settings` override them, e.g. cube_mm=[200, 200, 200], export_branch='mpe'."""
-        from config import _fields, make_config
-        from stages.checkpoints import load_checkpoint
         saved = load_checkpoint(Path(path)).get("config", {})
-        keep = {k: v for k, v in saved.items() if k in _fields() and k not in ("phase", "resume", "overwrite", "config")}
+        keep = {k: v for k, v in saved.items() if k in config_fields() and k not in ("phase", "resume", "overwrite", "config")}
         cfg = make_config([], **{**keep, **settings, "phase": "export", "load_model": str(path), "device": device})
         return Predictor.from_checkpoint(cfg)
 
@@ -76,7 +81,6 @@ class Predictor:
         surface centre, joints21_mm (21, 3) of the network's export_branch,
         joints_mm (Jd, 3) in the checkpoint dataset's joint set, params (62,), verts_mm (V, 3), faces
         (F, 3); NaN arrays (found False) when no hand is found."""
-        from datasets.localize import HandTracker, LocalizerSettings
         K = np.asarray(K, np.float64)
         if center_mm is None:
             tracker = HandTracker((K[0, 0], K[1, 1], K[0, 2], K[1, 2]), LocalizerSettings.from_config(self.cfg), False)
@@ -89,7 +93,6 @@ class Predictor:
             return {"found": False, "center_mm": nan(3), "located_mm": nan(3), "joints21_mm": nan(21, 3), "joints_mm": None,
                     "params": nan(NUM_PARAMS), "verts_mm": None, "faces": faces, "localization": how}
         if self._palm_map is None and self.cfg.preset().joint_set == "nyu":
-            from models.palm_landmarks import build_palm_landmarks
             self._palm_map = build_palm_landmarks(self.hand_model).palm_map
         joints = dataset_joints(pred["xyz"][None], self.cfg.dataset, self._palm_map)[0]
         return {"found": True, "center_mm": np.asarray(center_mm, np.float64), "located_mm": np.asarray(located),
@@ -117,12 +120,6 @@ class Predictor:
 
     @staticmethod
     def from_checkpoint(cfg: Config) -> "Predictor":
-        from models.dual_branch import DualBranchNet
-        from models.mano import build_hand_model
-        from render.hand_renderer import HandRenderer
-        from stages.checkpoints import check_hand_model, load_checkpoint
-        from stages.engine import select_device
-
         if not cfg.load_model:
             raise ValueError(f"phase={cfg.phase} needs load_model=<checkpoint .pt>")
         device = select_device(cfg.device)

@@ -114,7 +114,7 @@ def test_e2e_mpe_error_recomputed_from_the_parameter_file(e2e):
     """S2-MPE rebuilt independently: params + C + b -> hand model -> mm -> NYU joints vs the labels."""
     cfg, metrics, joints36, hand, tmp = e2e
     from datasets.joints import NYU_EVAL_IDS_36
-    from models.palm_landmarks import nyu14_from_network
+    from datasets.nyu import nyu14_from_network
     rows = np.loadtxt(tmp / "out" / "s2_mpe_params.txt")
     assert rows.shape == (4, 68)
     _, j_nu = hand.network_space(torch.tensor(rows[:, :62], dtype=torch.float32))
