@@ -212,7 +212,7 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, table: FrameTable, reader: Callable[[Path], np.ndarray], K: np.ndarray, *,
-                 augment: AugmentParams | None = None, mirror: bool = False, fg_threshold: float = 0.99,
+                 fg_threshold: float, augment: AugmentParams | None = None, mirror: bool = False,
                  frame_hw: tuple[int, int] | None = None, size: int = CROP_SIZE, name: str = "dataset"):
         if mirror:  # x -> -x is the 3-D form of the image mirror u -> 2cx - u
             joints = None if table.joints_xyz is None else mirror_xyz(table.joints_xyz)

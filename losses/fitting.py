@@ -40,8 +40,7 @@ def hand_box_mask(points_mm: Tensor, joints_mm: Tensor, xy_margin_mm: float, far
 
 
 def apply_hand_box(depth_n: Tensor, joints_xyz_n: Tensor, center: Tensor, cube: Tensor, K_crop: Tensor,
-                   xy_margin_mm: float, far_margin_mm: float, near_margin_mm: float,
-                   fg_threshold: float = 0.99) -> Tensor:
+                   xy_margin_mm: float, far_margin_mm: float, near_margin_mm: float, fg_threshold: float) -> Tensor:
     """Restrict a normalized crop to the hand box of the joints; other pixels become +1.
 
     depth_n (B, 1, S, S), joints_xyz_n (B, J, 3) nu, center/cube (B, 3) mm, K_crop (B, 3, 3).
@@ -83,7 +82,7 @@ def gather_points(values: Tensor, indices: Tensor) -> Tensor:
     return values.gather(1, idx)
 
 
-def render_residual(observed: Tensor, rendered: Tensor, fg_threshold: float = 0.99) -> Tensor:
+def render_residual(observed: Tensor, rendered: Tensor, fg_threshold: float) -> Tensor:
     """rho(b) = sum over U of |x - R| / |U|, U = pixels foreground in either crop (10.3).
 
     observed, rendered (B, 1, S, S) normalized -> (B,) nu; 0 where U is empty.
@@ -93,7 +92,7 @@ def render_residual(observed: Tensor, rendered: Tensor, fg_threshold: float = 0.
     return diff.flatten(1).sum(1) / union.flatten(1).sum(1).clamp_min(1)
 
 
-def intersection_residual(observed: Tensor, rendered: Tensor, fg_threshold: float = 0.99) -> Tensor:
+def intersection_residual(observed: Tensor, rendered: Tensor, fg_threshold: float) -> Tensor:
     """epsilon_depth(b) = sum over I of |x - R| / |U| (10.4), I = foreground in both, U = in either.
 
     observed, rendered (B, 1, S, S) -> (B,) nu; 0 where U is empty.

@@ -9,7 +9,7 @@ from losses.fitting import (apply_hand_box, data_mesh_distance, gather_points, h
                             mm_to_nu, part_mesh_distance, render_residual, sample_indices)
 from render.camera import crop_intrinsics, crop_transform, make_intrinsics, xyz_to_norm
 
-XY, FAR, NEAR = 25.0, 20.0, 40.0
+XY, FAR, NEAR, FG = 25.0, 20.0, 40.0, 0.99
 
 
 def joints_mm() -> torch.Tensor:
@@ -48,7 +48,7 @@ def test_apply_hand_box_on_a_crop():
 
     def boxed(z_mm: float) -> torch.Tensor:
         depth = torch.full((1, 1, 128, 128), (z_mm - 600.0) / 125.0, dtype=torch.float64)
-        return apply_hand_box(depth, j_n, center, cube, Kc, XY, FAR, NEAR)
+        return apply_hand_box(depth, j_n, center, cube, Kc, XY, FAR, NEAR, FG)
 
     fx, cx = float(Kc[0, 0, 0]), float(Kc[0, 0, 2])
     fy, cy = float(Kc[0, 1, 1]), float(Kc[0, 1, 2])
@@ -64,7 +64,7 @@ def test_apply_hand_box_on_a_crop():
     assert torch.all(out[inside] == 0.0)  # kept pixels keep their depth
     # background stays background
     bg = torch.ones(1, 1, 128, 128, dtype=torch.float64)
-    assert torch.equal(apply_hand_box(bg, j_n, center, cube, Kc, XY, FAR, NEAR), bg)
+    assert torch.equal(apply_hand_box(bg, j_n, center, cube, Kc, XY, FAR, NEAR, FG), bg)
 
 
 @pytest.mark.parametrize("n", [1, 100, 2048, 100_000])
@@ -100,11 +100,11 @@ def test_sampling_flags_empty_samples():
 def test_render_residual_union_and_gradient():
     obs = torch.ones(1, 1, 4, 4, dtype=torch.float64)
     obs[0, 0, 0, :2] = torch.tensor([0.1, 0.2])
-    assert float(render_residual(obs, obs.clone())) == 0.0  # the mesh explains the crop exactly
+    assert float(render_residual(obs, obs.clone(), FG)) == 0.0  # the mesh explains the crop exactly
     ren2 = torch.ones(1, 1, 4, 4, dtype=torch.float64)
     ren2[0, 0, 0, 1:3] = torch.tensor([0.3, 0.5])
     ren2.requires_grad_(True)
-    rho = render_residual(obs, ren2)
+    rho = render_residual(obs, ren2, FG)
     # U = 3 pixels: |0.1 - 1| + |0.2 - 0.3| + |1 - 0.5|
     torch.testing.assert_close(rho, torch.tensor([(0.9 + 0.1 + 0.5) / 3], dtype=torch.float64))
     rho.sum().backward()

@@ -109,5 +109,5 @@ def test_decode_of_encoded_targets_through_helper():
     depth[..., 40:90, 40:90] = 0.1
     joints = torch.tensor([[[0.0, 0.0, 0.12], [0.05, -0.1, 0.1]]]).repeat(1, 1, 1)
     joints = torch.cat([joints, joints[:, :1].expand(1, 19, 3)], dim=1)
-    maps = densemap.encode(joints, depth, cfg.map_size, cfg.kernel_radius_nu)
+    maps = densemap.encode(joints, depth, cfg.map_size, cfg.kernel_radius_nu, cfg.fg_threshold_nu)
     assert (decode_joints(maps, depth, cfg) - joints).abs().max() < 1e-5

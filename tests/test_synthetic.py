@@ -294,8 +294,8 @@ def test_dense_map_round_trip_on_clean_crops(batch_none):
     from models.densemap import decode, encode
     cfg, _, b = batch_none
     uvd, clean = b["joints_uvd"][:24], b["clean"][:24]
-    maps = encode(uvd, clean, cfg.map_size, cfg.kernel_radius_nu)
-    err = (decode(maps, clean, cfg.kernel_radius_nu, cfg.softmax_temperature) - uvd).norm(dim=-1)
+    maps = encode(uvd, clean, cfg.map_size, cfg.kernel_radius_nu, cfg.fg_threshold_nu)
+    err = (decode(maps, clean, cfg.kernel_radius_nu, cfg.softmax_temperature, cfg.fg_threshold_nu) - uvd).norm(dim=-1)
     # joints with a foreground cell within kappa decode to themselves (T6); the worst are off-crop
     assert err.median() < 1e-3
     assert (err < 1e-2).float().mean() > 0.95

@@ -157,7 +157,7 @@ def test_pose_consistency_exact_maps_and_gradient_to_generator_only():
     x = blob_crops(2, 32)
     g = torch.Generator().manual_seed(1)
     joints = torch.cat([torch.rand(2, 21, 2, generator=g) * 0.4 - 0.2, torch.zeros(2, 21, 1)], -1)
-    maps = encode(joints, x, 16, 0.8)
+    maps = encode(joints, x, 16, 0.8, FG)
     assert pose_consistency(maps, x, joints, 0.8, 30.0, 0.01, FG).item() < 1e-3
     G = ResnetGenerator(ngf=2, n_blocks=1)
     pose_net = nn.Conv2d(1, 84, 2, stride=2)
