@@ -32,6 +32,7 @@ MANO_WRIST_LOOP = (121, 214, 215, 279, 239, 234, 92, 38, 122, 118, 117, 119, 120
 PART_WEIGHT_THRESHOLD = 0.1
 MANO_URL = "https://mano.is.tue.mpg.de"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+HAND_MODEL_KEYS = ("mano_path", "hand_model")   # the settings build_hand_model reads
 
 
 def _boundary_loop(faces: np.ndarray) -> list[int]:

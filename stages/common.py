@@ -19,7 +19,7 @@ from config import Config, ConfigError
 from datasets import build_dataset
 from datasets.simreal import ensure_simreal
 from losses.pretrain import stage_mesh
-from models.dual_branch import DualBranchNet, decode_joints
+from models.dual_branch import DualBranchNet, NetConfig, decode_joints
 from models.mano import build_hand_model
 from models.translator import load_translator, translate
 from render import camera
@@ -32,7 +32,7 @@ def build_parts(cfg: Config, device: torch.device):
     """Hand model, renderer and network on `device`: (hand_model, renderer, net)."""
     hand_model = build_hand_model(cfg).to(device)
     renderer = HandRenderer(hand_model)
-    return hand_model, renderer, DualBranchNet(cfg, renderer).to(device)
+    return hand_model, renderer, DualBranchNet(NetConfig.from_config(cfg), renderer).to(device)
 
 
 def build_network(cfg: Config, r: engine.Run, stage: str):
@@ -102,9 +102,9 @@ def joint_errors_mm(outs: list, ref_depth: Tensor, center: Tensor, cube: Tensor,
                     gt_xyz_n: Tensor, net_ids: list[int], hand_model, cfg: Config) -> dict[str, Tensor]:
     """Per-(frame, joint) Euclidean errors (B, len(net_ids)) in mm of each stage and branch."""
     gt = camera.norm_to_xyz(gt_xyz_n.float(), center, cube)
-    errs = {}
+    errs, net_cfg = {}, NetConfig.from_config(cfg)
     for s, out in enumerate(outs, start=1):
-        pwe = camera.uvd_norm_to_xyz(decode_joints(out.maps, ref_depth, cfg), center, cube, K_crop)[:, net_ids]
+        pwe = camera.uvd_norm_to_xyz(decode_joints(out.maps, ref_depth, net_cfg), center, cube, K_crop)[:, net_ids]
         mpe = camera.norm_to_xyz(stage_mesh(out, hand_model)[1].float(), center, cube)[:, net_ids]
         errs[f"s{s}_pwe_mm"] = (pwe - gt).norm(dim=-1)
         errs[f"s{s}_mpe_mm"] = (mpe - gt).norm(dim=-1)

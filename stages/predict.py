@@ -1,13 +1,12 @@
 """Inference on single frames: a trained network + its hand model, from a checkpoint.
 
 `Predictor.from_checkpoint(cfg)` rebuilds the network with the architecture settings stored in the
-checkpoint (net, stage_num, map and hand-model settings), so `phase=export` needs only
-`load_model=`.  `predict_frame` crops a full depth frame around a centre exactly as the datasets do
+checkpoint (`stages.checkpoints.ARCHITECTURE_KEYS`: the NetConfig and hand-model keys), so
+`phase=export` needs only `load_model=`.  `predict_frame` crops a full depth frame around a centre exactly as the datasets do
 (render/camera.py) and returns the last stage's joints in camera mm.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +17,14 @@ from datasets.joints import JOINT_SETS
 from datasets.localize import HandTracker, LocalizerSettings
 from datasets.nyu import nyu14_from_network
 from hand.params import NUM_PARAMS
-from models.densemap import decode
-from models.dual_branch import DualBranchNet
+from models.dual_branch import DualBranchNet, NetConfig, decode_joints
 from models.mano import build_hand_model
 from models.palm_landmarks import build_palm_landmarks
 from render import camera
 from render.hand_renderer import HandRenderer
-from stages.checkpoints import check_hand_model, load_checkpoint
+from stages.checkpoints import architecture_config, check_hand_model, load_checkpoint
 from stages.engine import select_device
 from stages.metrics import joint_set_name
-
-# Settings that define the trained network; they come from the checkpoint, not the command line.
-ARCHITECTURE_KEYS = ("net", "stage_num", "map_size", "kernel_radius_nu", "softmax_temperature",
-                     "fg_threshold_nu", "mano_path", "hand_model")
-
-
-def network_config(cfg: Config, checkpoint_config: dict | None) -> Config:
-    """cfg with the architecture keys of the checkpoint's config."""
-    if not checkpoint_config:
-        return cfg
-    return dataclasses.replace(cfg, **{k: checkpoint_config[k] for k in ARCHITECTURE_KEYS if k in checkpoint_config})
-
 
 def dataset_joints(net21: np.ndarray, dataset: str, palm_map: np.ndarray | None) -> np.ndarray:
     """(N, 21, 3) network joints -> (N, Jd, 3) in the dataset's joint order (NYU PALM_2/PALM_3 through
@@ -124,12 +110,12 @@ class Predictor:
             raise ValueError(f"phase={cfg.phase} needs load_model=<checkpoint .pt>")
         device = select_device(cfg.device)
         ckpt = load_checkpoint(Path(cfg.load_model), map_location="cpu")
-        net_cfg = network_config(cfg, ckpt.get("config"))
-        hand_model = build_hand_model(net_cfg).to(device)
+        arch_cfg = architecture_config(cfg, ckpt.get("config"))
+        hand_model = build_hand_model(arch_cfg).to(device)
         check_hand_model(ckpt, hand_model.identity(), cfg.load_model, cfg.hand_model_check)
-        net = DualBranchNet(net_cfg, HandRenderer(hand_model, size=camera.CROP_SIZE)).to(device)
+        net = DualBranchNet(NetConfig.from_config(arch_cfg), HandRenderer(hand_model, size=camera.CROP_SIZE)).to(device)
         net.load_state_dict(ckpt["model"])
-        return Predictor(net_cfg, net, hand_model, device)
+        return Predictor(arch_cfg, net, hand_model, device)
 
     @torch.no_grad()
     def predict_crops(self, depth_n: torch.Tensor, center: torch.Tensor, cube: torch.Tensor,
@@ -139,8 +125,7 @@ class Predictor:
         depth_n, center, cube, K_crop = (t.to(dev, torch.float32) for t in (depth_n, center, cube, K_crop))
         out = []
         for stage in self.net(depth_n, center, cube, K_crop):
-            uvd = decode(stage.maps, depth_n, self.cfg.kernel_radius_nu, self.cfg.softmax_temperature,
-                         self.cfg.fg_threshold_nu)
+            uvd = decode_joints(stage.maps, depth_n, self.net.net_cfg)
             pwe = camera.uvd_norm_to_xyz(uvd, center, cube, K_crop, depth_n.shape[-1])
             _, joints_nu = self.hand_model.network_space(stage.params)
             mpe = camera.norm_to_xyz(joints_nu, center, cube)

@@ -13,7 +13,6 @@ the engine's loop (checkpoints, resume, NaN guard, DDP, TensorBoard) run the GAN
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import torch
@@ -26,13 +25,13 @@ from datasets.synthetic import SyntheticHands
 from losses.translation import (cycle_loss, foreground_consistency, foreground_fidelity, identity_loss,
                                 lsgan_discriminator_loss, lsgan_generator_loss, pose_consistency,
                                 symmetric_foreground_consistency)
-from models.dual_branch import DualBranchNet
+from models.dual_branch import DualBranchNet, NetConfig
 from models.mano import build_hand_model
 from models.translator import ImagePool, PatchDiscriminator, ResnetGenerator
 from render.camera import CROP_SIZE
 from render.hand_renderer import HandRenderer
 from stages import engine
-from stages.checkpoints import load_checkpoint
+from stages.checkpoints import architecture_config, load_checkpoint
 from stages.common import ensure_real_data, finish
 from stages.loaders import BatchStream
 
@@ -167,8 +166,8 @@ def build_pose_term(cfg: Config, renderer, device: torch.device) -> Callable[[di
         raise ValueError("w_gan_pose > 0 needs gan_pose_net=<checkpoint of a pose network pretrained "
                          "on untranslated synthetic crops>")
     ck = load_checkpoint(cfg.gan_pose_net)
-    arch = {k: ck["config"][k] for k in ("net", "stage_num", "map_size") if k in ck.get("config", {})}
-    net = DualBranchNet(dataclasses.replace(cfg, **arch), renderer).to(device)
+    net_cfg = NetConfig.from_config(architecture_config(cfg, ck.get("config")))
+    net = DualBranchNet(net_cfg, renderer).to(device)
     net.load_state_dict(ck["model"])
     net.eval()
     for p in net.parameters():
@@ -178,7 +177,7 @@ def build_pose_term(cfg: Config, renderer, device: torch.device) -> Callable[[di
         K_crop = batch["M"] @ batch["K"]
         return lambda fake: pose_consistency(
             net(fake, batch["center"], batch["cube"], K_crop)[-1].maps, batch["clean"], batch["joints_uvd"],
-            cfg.kernel_radius_nu, cfg.softmax_temperature, cfg.huber_delta_nu, cfg.fg_threshold_nu)
+            net_cfg.kernel_radius_nu, net_cfg.softmax_temperature, cfg.huber_delta_nu, net_cfg.fg_threshold_nu)
     return for_batch
 
 

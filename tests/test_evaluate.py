@@ -61,7 +61,7 @@ def _write_small_nyu(root, n=4, seed=0):
 def e2e(tmp_path_factory):
     if MISSING:
         pytest.skip(f"network/dataset modules not present yet: {', '.join(MISSING)}")
-    from models.dual_branch import DualBranchNet
+    from models.dual_branch import DualBranchNet, NetConfig
     from models.mano import build_hand_model
     from render.hand_renderer import HandRenderer
     tmp = tmp_path_factory.mktemp("eval")
@@ -71,7 +71,7 @@ def e2e(tmp_path_factory):
     train_cfg = make_config(**common)
     torch.manual_seed(0)
     hand = build_hand_model(train_cfg)
-    net = DualBranchNet(train_cfg, HandRenderer(hand, size=128))
+    net = DualBranchNet(NetConfig.from_config(train_cfg), HandRenderer(hand, size=128))
     torch.save({"model": net.state_dict(), "config": train_cfg.to_dict()}, tmp / "tiny.pt")
     cfg = make_config(phase="test", load_model=str(tmp / "tiny.pt"), out_dir=str(tmp / "out"), save_overlays=2,
                       save_meshes=True, **common)
