@@ -71,8 +71,10 @@ def mirror_frame(frame: np.ndarray, cx: float) -> np.ndarray:
     return out
 
 
-def mirror_uvd(uvd: np.ndarray, cx: float) -> np.ndarray:
-    """Labels or predictions (..., 3) in frame pixels: u -> 2cx - u (its own inverse)."""
+def mirror_uvd(uvd: np.ndarray, cx: float | np.ndarray) -> np.ndarray:
+    """Labels or predictions (..., 3) in frame pixels: u -> 2cx - u (its own inverse); a copy, float64.
+
+    cx: the principal point, or an array broadcasting against uvd[..., 0] (e.g. (N, 1) per frame)."""
     out = np.array(uvd, dtype=np.float64, copy=True)
     out[..., 0] = 2.0 * cx - out[..., 0]
     return out

@@ -25,7 +25,6 @@ BONE_T = (0.0, 1.0 / 3.0, 2.0 / 3.0)
 TIP_RADIUS_SOURCE = TIP_PARENTS  # tips 16..20 take their parent joints' radii / 1.5
 TIP_RADIUS_DIVISOR = 1.5
 RADIUS_NEIGHBOURS = 10
-EXPECTED_ACTIVE_PAIRS = 3408
 
 
 def joint_radii(joints: Tensor, verts: Tensor, regressor_support: list[Tensor]) -> Tensor:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from config import Config
 from datasets import build_dataset
+from datasets.common import mirror_uvd
 from datasets.joints import JOINT_SETS
 from datasets.simreal import ensure_simreal
 from hand.skeleton import NETWORK_PARENTS
@@ -73,9 +74,7 @@ def frame_uvd(xyz_mm: np.ndarray, K: np.ndarray, mirror: bool) -> np.ndarray:
     """Camera mm (N, J, 3) -> full-frame u v d (N, J, 3) with per-frame K (N, 3, 3); un-mirrored
     (u -> 2cx - u, datasets.md / spec 1.5) when the dataset was mirrored."""
     uvd = camera.project(torch.from_numpy(xyz_mm), torch.from_numpy(K)).numpy()
-    if mirror:
-        uvd[..., 0] = 2.0 * K[:, None, 0, 2] - uvd[..., 0]
-    return uvd
+    return mirror_uvd(uvd, K[:, None, 0, 2]) if mirror else uvd
 
 
 def round3(a: np.ndarray) -> np.ndarray:

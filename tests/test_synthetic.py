@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from bench.synthetic_dataset import SyntheticDataset
 from config import make_config
-from datasets.synthetic import SyntheticDataset, SyntheticHands, carve_occluders, off_axis_uv, random_view_quats
+from datasets.synthetic import SyntheticHands, carve_occluders, off_axis_uv, random_view_quats
 from hand.rotations import axis_angle_to_quat, compose_global_rotation, quat_to_axis_angle, quat_to_matrix
 from render import camera
 
