@@ -44,7 +44,6 @@ from models.pose_sampler import anatomical_axes
 from models.standin_hand import NUM_VERTS, make_standin_arrays, skinning_weights, vertex_normals
 from models.standin_mesh import THICKNESS_RATIO, build_layout, finalize_mesh, hand_vertices
 
-TIP_BONES = TIP_PARENTS          # the bone each fingertip label moves with
 TIP_FRACTION = 0.8
 
 
@@ -275,7 +274,7 @@ def _labels(p: SubjectParams, v: np.ndarray, skel: np.ndarray, b: dict, frame):
     joints[13] -= p.cmc_depth_mm * _unit(joints[14] - joints[13])
     apex = v[list(TIP_VERTEX_IDS)]
     tips = np.zeros((5, 3))
-    for c, k in enumerate(TIP_BONES):  # the line along the pad normal through q: pad skin .. nail skin
+    for c, k in enumerate(TIP_PARENTS):  # the line along the pad normal through q: pad skin .. nail skin
         tube = faces[(labels[faces] == c + 1).all(1)]
         pad = _pad_dir(c, _unit(apex[c] - joints[k]), frame)
         q = joints[k] + TIP_FRACTION * (apex[c] - joints[k])
@@ -348,7 +347,7 @@ def pose_points(hand: SubjectHand, angles_deg: np.ndarray) -> np.ndarray:
 
 def _label_points(hand: SubjectHand, A: torch.Tensor) -> np.ndarray:
     pts = torch.as_tensor(np.concatenate([hand.joints, hand.tips, hand.palm]))
-    bone = torch.tensor(list(range(16)) + list(TIP_BONES) + [0, 0, 0])
+    bone = torch.tensor(list(range(16)) + list(TIP_PARENTS) + [0, 0, 0])
     return _apply(A[:, bone], pts).numpy()
 
 

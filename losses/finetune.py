@@ -111,9 +111,10 @@ def distillation_terms(maps: Tensor, render, depth: Tensor, teacher: Teacher, cf
     """Stage s < S learns from the detached last stage (10.3 stage-1 table), x cfg.w_distill."""
     d = cfg.huber_delta_nu
     w = cfg.w_distill
+    pixel_uvd = decode_joints(maps, depth, NetConfig.from_config(cfg))
     return {
         "distill_maps": w * cfg.w_maps * huber(maps, teacher.maps, d),
-        "distill_pwe_joints": w * cfg.w_pwe_joints * huber(decode_joints(maps, depth, NetConfig.from_config(cfg)), teacher.pixel_uvd, d),
+        "distill_pwe_joints": w * cfg.w_pwe_joints * huber(pixel_uvd, teacher.pixel_uvd, d),
         "distill_mpe_joints": w * cfg.w_mpe_joints * huber(render.joints_xyz, teacher.pixel_xyz, d),
         "distill_mpe_verts": w * cfg.w_mpe_verts * huber(render.verts_xyz, teacher.verts_xyz, d),
     }

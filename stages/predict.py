@@ -2,8 +2,8 @@
 
 `Predictor.from_checkpoint(cfg)` rebuilds the network with the architecture settings stored in the
 checkpoint (`stages.checkpoints.ARCHITECTURE_KEYS`: the NetConfig and hand-model keys), so
-`phase=export` needs only `load_model=`.  `predict_frame` crops a full depth frame around a centre exactly as the datasets do
-(render/camera.py) and returns the last stage's joints in camera mm.
+`phase=export` needs only `load_model=`.  `predict_frame` crops a full depth frame around a centre
+exactly as the datasets do (render/camera.py) and returns the last stage's joints in camera mm.
 """
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ class Predictor:
         """A checkpoint's network with the settings it was trained with (cube, localization, branch, ...);
         `settings` override them, e.g. cube_mm=[200, 200, 200], export_branch='mpe'."""
         saved = load_checkpoint(Path(path)).get("config", {})
-        keep = {k: v for k, v in saved.items() if k in config_fields() and k not in ("phase", "resume", "overwrite", "config")}
+        keep = {k: v for k, v in saved.items()
+                if k in config_fields() and k not in ("phase", "resume", "overwrite", "config")}
         cfg = make_config([], **{**keep, **settings, "phase": "export", "load_model": str(path), "device": device})
         return Predictor.from_checkpoint(cfg)
 
