@@ -194,6 +194,7 @@ class Config:
     w_collision: float = opt(1.0, "weight: sphere collision prior", check=GE0)
     w_render: float = opt(0.1, "weight: rendered-vs-observed depth residual", check=GE0)
     w_data_mesh: float = opt(1.0, "weight: point-to-mesh distance", check=GE0)
+    data_mesh_trim_fraction: float = opt(0.0, "point-to-mesh term: leave out this fraction of each crop's farthest points (0 = the original mean)", check=FRACTION)
     w_part_mesh: float = opt(1.0, "weight: part-aware point-to-mesh distance", check=GE0)
     w_pixel_to_model: float = opt(100.0, "weight: pixel branch teaches model branch", check=GE0)
     w_model_to_pixel: float = opt(100.0, "weight: model branch teaches pixel branch on reliable joints", check=GE0)

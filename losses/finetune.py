@@ -95,7 +95,7 @@ def fitting_terms(render, boxed_render: Tensor, teacher: Teacher, cube: Tensor, 
     render: the stage's HandRender; boxed_render (B, 1, S, S) its rendering in the teacher's box.
     """
     rho = render_residual(teacher.boxed, boxed_render, cfg.fg_threshold_nu)
-    data = data_mesh_distance(teacher.points_all, render.verts_xyz, hand_model.faces)
+    data = data_mesh_distance(teacher.points_all, render.verts_xyz, hand_model.faces, cfg.data_mesh_trim_fraction)
     part, counts = part_mesh_distance(teacher.points_part, teacher.labels_part, render.verts_xyz,
                                       hand_model.part_faces, hand_model.faces)
     terms = {

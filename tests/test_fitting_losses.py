@@ -134,16 +134,31 @@ def points_on_faces(v, f, n_per_face: int, offset: float = 0.0, seed: int = 0):
 def test_data_mesh_zero_on_surface_and_h2_offset():
     v, f = octahedron()
     p, _ = points_on_faces(v, f, 8)
-    assert float(data_mesh_distance(p.reshape(1, -1, 3), v[None], f)) < 1e-10
+    assert float(data_mesh_distance(p.reshape(1, -1, 3), v[None], f, 0.0)) < 1e-10
     h = 0.004  # well inside the face regions seen from outside: the nearest point is on the own face
     p, _ = points_on_faces(v, f, 8, offset=h)
     verts = v[None].clone().requires_grad_(True)
-    d = data_mesh_distance(p.reshape(1, -1, 3), verts, f)
+    d = data_mesh_distance(p.reshape(1, -1, 3), verts, f, 0.0)
     torch.testing.assert_close(d, torch.tensor([h * h]), rtol=1e-3, atol=1e-9)
     d.sum().backward()
     assert torch.isfinite(verts.grad).all()
     # points outside: descent moves the vertices outward (along +position for this convex shape)
     assert float((verts.grad[0] * v).sum()) < 0
+
+
+def test_trimmed_data_mesh_ignores_the_farthest_points():
+    """90 points on the surface at h and 10 outliers 0.2 nu off: the full mean is pulled to
+    (90 h^2 + 10 * 0.04) / 100, the 10 % trimmed mean is h^2 exactly."""
+    v, f = octahedron()
+    h = 0.004
+    p, _ = points_on_faces(v, f, 12, offset=h)
+    p = p.reshape(-1, 3)[:90]
+    far, _ = points_on_faces(v, f, 2, offset=0.2)
+    pts = torch.cat([p, far.reshape(-1, 3)[:10]])[None]
+    full = float(data_mesh_distance(pts, v[None], f, 0.0))
+    trimmed = float(data_mesh_distance(pts, v[None], f, 0.1))
+    assert abs(full - (90 * h * h + 10 * 0.04) / 100) < 1e-3 * full
+    assert abs(trimmed - h * h) < 1e-3 * h * h
 
 
 def test_part_mesh_distance_per_bone():
