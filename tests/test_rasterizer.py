@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from render.camera import backproject, crop_intrinsics, crop_transform, make_intrinsics, project
+from render.camera import backproject, crop_intrinsics, crop_transform, make_intrinsics, norm_to_xyz, project
 from render.rasterizer import pytorch3d_available, rasterize_depth
 
 F64 = torch.float64
@@ -295,3 +295,347 @@ def test_pytorch3d_backend_agrees():
     assert (f0 == f1).float().mean() > 0.999
     same = (f0 == f1) & (f0 >= 0)
     assert torch.allclose(d0[same], d1[same], rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exact coverage at silhouettes (issue 16 item 0): the torch backend decides every pixel centre as a
+# float64 edge function of the projected vertices would.  The reference below is written
+# independently of the rasterizer: for every face and every pixel centre of its (slightly enlarged)
+# bounding box, the float64 signed distances of the centre to the three edge lines.
+# ---------------------------------------------------------------------------------------------------
+
+def edge_reference(verts, faces, K, H, W, tau=1e-9, rel=0.0):
+    """Float64 reference rasterization of the torch backend's rule.
+
+    Screen coordinates: `camera.project` in the dtype of `verts` (the very values the rasterizer sees),
+    then converted to float64.  A face (skipped when a vertex has z <= 1e-6, a coordinate is not
+    finite, or |area| <= 1e-10 px^2 in float64 or in the dtype of `verts`) covers a pixel centre
+    when its three float64 signed distances to the edge lines (positive inside) are all >= 0.
+    Depth: perspective-correct
+    barycentric interpolation, 1/z = sum_i l_i / z_i.  Winner: nearest, ties to the smaller index.
+
+    A pixel is *ambiguous* (either answer is right) when (i) a face whose boundary passes within
+    `tau` px of the centre (min signed distance in (-tau, tau)) is not behind the nearest face that
+    certainly covers it (min distance >= tau) by more than the relative depth `rel`: float64 rounding
+    of the edge function may decide that face either way (a centre exactly on an edge, or on the
+    shared edge of two faces); or (ii) the two nearest covering faces are within `rel` in depth.
+
+    Returns face (B, H, W) long (-1 empty), depth (B, H, W) float64 (0 empty), ambiguous (B, H, W)
+    bool and close (B, H, W) bool: unambiguous pixels where a face whose boundary passes within 1e-3 px
+    of the centre is the winner or is nearer than the winner (the pixels that test the rule).
+    """
+    uvz_dt = project(verts, K.expand(verts.shape[0], 3, 3).to(verts.dtype))
+    uvz = uvz_dt.double()
+    B, F = verts.shape[0], faces.shape[0]
+    face_out = torch.full((B, H, W), -1, dtype=torch.long)
+    depth_out = torch.zeros(B, H, W, dtype=F64)
+    amb_out = torch.zeros(B, H, W, dtype=torch.bool)
+    close_out = torch.zeros(B, H, W, dtype=torch.bool)
+    for b in range(B):
+        tri = uvz[b][faces]  # (F, 3, 3)
+        u, v, z = tri[..., 0], tri[..., 1], tri[..., 2]
+        area = (u[:, 1] - u[:, 0]) * (v[:, 2] - v[:, 0]) - (v[:, 1] - v[:, 0]) * (u[:, 2] - u[:, 0])
+        t = uvz_dt[b][faces]  # the area as the working dtype computes it (the depth divides by it)
+        area_dt = ((t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1])
+                   - (t[:, 1, 1] - t[:, 0, 1]) * (t[:, 2, 0] - t[:, 0, 0]))
+        ok = (torch.isfinite(tri).all(-1).all(-1) & (z > 1e-6).all(-1) & (area.abs() > 1e-10)
+              & (area_dt.abs() > 1e-10))
+        m = 1e-3  # bounding box enlarged by 1e-3 px: also enumerates centres just outside a face
+        c0 = torch.ceil(u.amin(1) - m).clamp(0, W).nan_to_num(W)
+        c1 = torch.floor(u.amax(1) + m).clamp(-1, W - 1).nan_to_num(-1)
+        r0 = torch.ceil(v.amin(1) - m).clamp(0, H).nan_to_num(H)
+        r1 = torch.floor(v.amax(1) + m).clamp(-1, H - 1).nan_to_num(-1)
+        nc, nr = (c1 - c0 + 1).clamp(min=0).long(), (r1 - r0 + 1).clamp(min=0).long()
+        n = torch.where(ok, nc * nr, torch.zeros_like(nc))
+        fidx = torch.repeat_interleave(torch.arange(F), n)
+        if fidx.numel() == 0:
+            continue
+        k = torch.arange(fidx.numel()) - (torch.cumsum(n, 0) - n)[fidx]
+        px = c0[fidx] + (k % nc[fidx]).double()
+        py = r0[fidx] + torch.div(k, nc[fidx], rounding_mode="floor").double()
+        uu, vv, zz = u[fidx], v[fidx], z[fidx]
+        s = torch.sign(area[fidx])
+        dist, lam = [], []
+        for i, j in ((0, 1), (1, 2), (2, 0)):  # edge i -> j; its vertex opposite is 3 - i - j
+            ex, ey = uu[:, j] - uu[:, i], vv[:, j] - vv[:, i]
+            e = ex * (py - vv[:, i]) - ey * (px - uu[:, i])
+            dist.append(s * e / torch.sqrt(ex * ex + ey * ey))
+            lam.append(e / area[fidx])
+        dmin = torch.stack(dist, 1).amin(1)
+        lam = torch.stack(lam, 1)  # lam[:, 0] belongs to vertex 2, lam[:, 1] to 0, lam[:, 2] to 1
+        zpair = 1.0 / (lam[:, 0] / zz[:, 2] + lam[:, 1] / zz[:, 0] + lam[:, 2] / zz[:, 1])
+        key = (py * W + px).long()
+        inf = torch.full((H * W,), float("inf"), dtype=F64)
+
+        def nearest(mask):
+            return inf.clone().scatter_reduce(0, key[mask], zpair[mask], reduce="amin")
+
+        inside = dmin >= 0
+        zbest = nearest(inside)
+        cand = torch.where(inside & (zpair == zbest[key]), fidx, torch.full_like(fidx, F))
+        win = torch.full((H * W,), F, dtype=torch.long).scatter_reduce(0, key, cand, reduce="amin")
+        z2 = nearest(inside & (fidx != win[key]))
+        zcert = nearest(dmin >= tau)
+        near = (dmin > -tau) & (dmin < tau)
+        amb = torch.zeros(H * W, dtype=torch.bool)
+        amb[key[near & (zpair <= zcert[key] * (1 + rel))]] = True
+        amb |= torch.isfinite(z2) & (z2 <= zbest * (1 + rel))
+        cl = torch.zeros(H * W, dtype=torch.bool)
+        cl[key[(dmin.abs() < 1e-3) & (zpair <= zbest[key])]] = True
+        cov = win < F
+        face_out[b].view(-1)[cov] = win[cov]
+        depth_out[b].view(-1)[cov] = zbest[cov]
+        amb_out[b].view(-1)[:] = amb
+        close_out[b].view(-1)[:] = cl & ~amb
+    return face_out, depth_out, amb_out, close_out
+
+
+def sliver_scene(d_lo, d_hi, seed, H=48, W=48):
+    """Silhouette-heavy scene (1, V, 3) float64, faces, K, whose edges pass 1e-4..1e-3 px (d_lo..d_hi,
+    log-uniform) beside rows of pixel centres.
+
+    * thin slivers (0.3-1.5 px wide, 6-16 px long) whose long edge runs along a lattice direction
+      (1,0), (0,1), (1,1), (2,1), ...: every pixel centre on that lattice line is at the same distance
+      d from the edge, on the inside or the outside (random);
+    * fans of 8 triangles around an apex d from a pixel centre, spokes along the 8 lattice
+      directions (each spoke passes within d of the centres on its lattice line); one fan shares its
+      vertices (a watertight indexed fan), the others are triangle soups with a separate depth per
+      triangle, so that a wrong face is a wrong depth;
+    * needles 1e-6 px wide beside (d_lo >= 5e-7) or around (d_lo < 5e-7) lattice lines (their
+      float32 area is below its rounding bound, so validity and orientation come from float64);
+    * a tilted background plane behind everything (every pixel covered).
+    The vertices are placed on screen (u, v, z) and back-projected with K.
+    """
+    g = torch.Generator().manual_seed(seed)
+    K = make_intrinsics(300.0, 310.0, 23.7, 24.2, dtype=F64)
+
+    def rnd(*shape):
+        return torch.rand(*shape, generator=g, dtype=F64)
+
+    def dist():
+        return d_lo * (d_hi / d_lo) ** rnd(1).item()
+
+    pts, faces = [], []
+
+    def add(uvz_rows, tris):
+        base = len(pts)
+        pts.extend(uvz_rows)
+        faces.extend([[base + a for a in t] for t in tris])
+
+    add([[-5.3, -5.1, 900.0], [W + 5.2, -4.9, 930.0], [W + 4.8, H + 5.4, 960.0], [-4.7, H + 5.2, 910.0]],
+        [[0, 1, 2], [0, 2, 3]])
+    dirs = [(1, 0), (0, 1), (1, 1), (1, -1), (2, 1), (1, 2), (2, -1), (1, -2), (3, 1), (1, 3), (3, -2)]
+    for i in range(66):
+        p, q = dirs[i % len(dirs)]
+        e = torch.tensor([p, q], dtype=F64) / math.hypot(p, q)
+        nrm = torch.stack([-e[1], e[0]])
+        c0 = torch.floor(8 + (torch.tensor([W, H], dtype=F64) - 16) * rnd(2))
+        side = 1.0 if rnd(1).item() < 0.5 else -1.0
+        P = c0 + side * dist() * nrm
+        L = 3.0 + 5.0 * rnd(1).item()
+        wdt = (0.3 + 1.2 * rnd(1).item()) * (1.0 if rnd(1).item() < 0.5 else -1.0)
+        Q = P + wdt * nrm + (rnd(1).item() - 0.5) * L * e
+        zs = 400.0 + 200.0 * rnd(3)
+        add([[*(P - L * e).tolist(), zs[0].item()], [*(P + L * e).tolist(), zs[1].item()],
+             [*Q.tolist(), zs[2].item()]], [[0, 1, 2]])
+    for i in range(12):  # needles 1e-6 px wide along a lattice line (float32 area unreliable)
+        p, q = dirs[i % len(dirs)]
+        e = torch.tensor([p, q], dtype=F64) / math.hypot(p, q)
+        nrm = torch.stack([-e[1], e[0]])
+        c0 = torch.floor(8 + (torch.tensor([W, H], dtype=F64) - 16) * rnd(2))
+        # d_lo < 5e-7: the needle holds the lattice line (its centres 5e-7 inside both long edges);
+        # else it passes d beside it (float32 rounds the vertices by ~2e-6 px)
+        P = c0 - 5e-7 * nrm if d_lo < 5e-7 else c0 + (1.0 if i % 2 else -1.0) * (dist() + 1e-6) * nrm
+        L = 3.0 + 5.0 * rnd(1).item()
+        zs = 380.0 + 40.0 * rnd(3)
+        add([[*(P - L * e).tolist(), zs[0].item()], [*(P + L * e).tolist(), zs[1].item()],
+             [*(P + 1e-6 * nrm).tolist(), zs[2].item()]], [[0, 1, 2]])
+    ring = [(1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1)]
+    for k in range(5):
+        c0 = torch.floor(8 + (torch.tensor([W, H], dtype=F64) - 16) * rnd(2))
+        ang = (k + 0.3 + 0.4 * rnd(1).item()) * math.pi / 4  # never along a spoke
+        A = c0 + dist() * torch.tensor([math.cos(ang), math.sin(ang)], dtype=F64)
+        outer = [A + (2.5 + 2.0 * rnd(1).item()) * torch.tensor(d, dtype=F64) for d in ring]
+        if k == 0:  # indexed fan: shared apex and spokes, one smooth surface
+            rows = [[*A.tolist(), 450.0]] + [[*o.tolist(), 450.0 + 20.0 * j] for j, o in enumerate(outer)]
+            add(rows, [[0, 1 + j, 1 + (j + 1) % 8] for j in range(8)])
+        else:  # soup fan: each triangle its own vertices and depth
+            for j in range(8):
+                zt = 420.0 + 25.0 * ((j * 3 + k) % 8)
+                add([[*A.tolist(), zt], [*outer[j].tolist(), zt + 5.0],
+                     [*outer[(j + 1) % 8].tolist(), zt - 5.0]], [[0, 1, 2]])
+    uvz = torch.tensor(pts, dtype=F64)
+    return backproject(uvz, K)[None], torch.tensor(faces, dtype=torch.long), K
+
+
+def grid_scene(d_lo, d_hi, seed, H=48, W=48):
+    """Watertight indexed grid (1, V, 3) float64, faces, K: vertices (4i + du_i, 4j + dv_j) on screen
+    (|du|, |dv| log-uniform in d_lo..d_hi, random signs), each cell split along a random diagonal,
+    random depth per vertex (a wrong face is a wrong depth).  Its vertical and horizontal edges pass
+    d beside whole columns and rows of pixel centres, its diagonals beside the centres on them."""
+    g = torch.Generator().manual_seed(seed)
+    K = make_intrinsics(300.0, 310.0, 23.7, 24.2, dtype=F64)
+    n = W // 4 + 2
+
+    def offs():
+        mag = d_lo * (d_hi / d_lo) ** torch.rand(n, generator=g, dtype=F64)
+        return mag * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).to(F64)
+
+    du, dv = offs(), offs()
+    gu = 4 * torch.arange(n, dtype=F64) - 2 + du
+    gv = 4 * torch.arange(n, dtype=F64) - 2 + dv
+    U, Vv = torch.meshgrid(gu, gv, indexing="xy")
+    Z = 450.0 + 60.0 * torch.rand(n, n, generator=g, dtype=F64)
+    uvz = torch.stack([U, Vv, Z], -1).reshape(-1, 3)
+    idx = torch.arange(n * n).view(n, n)  # [row j, column i]
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    flip = torch.rand(a.shape, generator=g) < 0.5
+    t1 = torch.where(flip[..., None], torch.stack([a, b, c], -1), torch.stack([a, b, d], -1))
+    t2 = torch.where(flip[..., None], torch.stack([b, d, c], -1), torch.stack([a, d, c], -1))
+    faces = torch.cat([t1.reshape(-1, 3), t2.reshape(-1, 3)])
+    return backproject(uvz, K)[None], faces, K
+
+
+def hand_poses(hand_model, B, seed):
+    """Stand-in hand (float32 mm) in random poses, centred in NYU crops at 500-1200 mm, and K_crop."""
+    g = torch.Generator().manual_seed(seed)
+    K = make_intrinsics(588.03, 587.07, 320.0, 240.0).expand(B, 3, 3)
+    z0 = 500 + 700 * torch.rand(B, generator=g)
+    center = torch.stack([60 * torch.rand(B, generator=g) - 30, 60 * torch.rand(B, generator=g) - 30, z0], -1)
+    cube = torch.full((B, 3), 250.0)
+    params = torch.zeros(B, 62)
+    params[:, :3] = (torch.rand(B, 3, generator=g) - 0.5) * 2.0
+    params[:, 3:48] = torch.randn(B, 45, generator=g) * 0.7
+    params[:, 58] = 1.0
+    with torch.no_grad():
+        _, joints = hand_model.network_space(params)
+        params[:, 59:62] = -joints.mean(1)
+        verts_n, _ = hand_model.network_space(params)
+    verts = norm_to_xyz(verts_n, center, cube)
+    return verts, hand_model.faces, crop_intrinsics(K, crop_transform(center, cube, K))
+
+
+def _count_wrong(verts, faces, K, H, W, tau, rel):
+    face, depth = rasterize_depth(verts, faces, K, H, W)[::-1]
+    rf, rd, amb, close = edge_reference(verts, faces, K, H, W, tau=tau, rel=rel)
+    wrong = (face != rf) & ~amb
+    return wrong, close, face, depth, rf, rd, amb
+
+
+@pytest.mark.parametrize("scene", [sliver_scene, grid_scene])
+@pytest.mark.parametrize("dtype,d_lo,d_hi", [(torch.float32, 1e-4, 1e-3), (F64, 1e-7, 1e-4)])
+def test_exact_coverage_slivers_fans_grid(scene, dtype, d_lo, d_hi):
+    """Edges 1e-4..1e-3 px (float32) / 1e-7..1e-4 px (float64) beside pixel centres: 0 wrong faces
+    where the float64 reference is unambiguous (tau = 1e-9 px); the grid has no crack."""
+    rel = 1e-5 if dtype == torch.float32 else 1e-12
+    for seed in range(3):
+        verts, faces, K = scene(d_lo, d_hi, seed)
+        wrong, close, face, depth, rf, rd, amb = _count_wrong(verts.to(dtype), faces, K.to(dtype), 48, 48,
+                                                              tau=1e-9, rel=rel)
+        assert close.sum() > 150  # centres within 1e-3 px of a competing edge, all decided
+        assert amb.sum() <= 2
+        assert int(wrong.sum()) == 0, f"seed {seed}: {int(wrong.sum())} wrong of {int(close.sum())} close"
+        assert (face >= 0).all()  # both scenes cover every pixel: no centre falls between faces
+        same = (face == rf) & (rf >= 0)
+        tol = 1e-5 if dtype == torch.float32 else 1e-8  # (needles interpolate badly)
+        assert ((depth.double() - rd).abs() / rd)[same].max() < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_needle_orientation_from_float64_area(dtype):
+    """A needle around the pixel centre (10, 10) whose float32 area (-7.6e-6 px^2) has the wrong sign
+    (float64: +7.2e-6): its orientation comes from float64, so the centre is the needle's.  K = I and
+    z = 1 make the screen coordinates the float32 vertex coordinates exactly."""
+    needle = [[3.503871440887451, 3.503873109817505], [16.49612808227539, 16.496126174926758],
+              [11.569947242736816, 11.569947242736816]]
+    back = [[-1.3, -1.1], [21.2, -0.9], [20.8, 21.4], [-0.7, 21.2]]
+    v = torch.tensor([[x, y, 1.0] for x, y in needle] + [[2 * x, 2 * y, 2.0] for x, y in back],
+                     dtype=dtype)[None]
+    f = torch.tensor([[0, 1, 2], [3, 4, 5], [3, 5, 6]])
+    K = make_intrinsics(1.0, 1.0, 0.0, 0.0, dtype=dtype)
+    p = project(v.float(), K.float())[0, :3, :2]
+    e1, e2 = p[1] - p[0], p[2] - p[0]
+    assert e1[0] * e2[1] - e1[1] * e2[0] < 0  # float32 says clockwise
+    depth, face = rasterize_depth(v, f, K, 20, 20)
+    assert face[0, 10, 10] == 0 and abs(depth[0, 10, 10].item() - 1.0) < 1e-3
+    rf = edge_reference(v, f, K, 20, 20)[0]
+    assert torch.equal(face, rf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_exact_coverage_hand_poses(hand_model, dtype):
+    """The stand-in hand in 24 poses at 128^2: the winning face of every unambiguous pixel is that of
+    the float64 edge-function reference (silhouettes, self-occlusion and shared edges)."""
+    verts, faces, K = hand_poses(hand_model, 24, seed=11)
+    rel = 1e-5 if dtype == torch.float32 else 1e-12
+    wrong, close, face, _, rf, _, amb = _count_wrong(verts.to(dtype), faces, K.to(dtype), 128, 128,
+                                                     tau=1e-9, rel=rel)
+    assert (rf >= 0).sum() > 24 * 1000
+    assert int(wrong.sum()) == 0, f"{int(wrong.sum())} wrong ({int(close.sum())} close, {int(amb.sum())} amb)"
+    assert amb.sum() < 100
+
+
+def _reference_depth(verts, faces, K, H, W):
+    return edge_reference(verts, faces, K, H, W)[1]
+
+
+def _fd_check(verts, faces, K, H, W, coords, dirs, h, seed):
+    """Autograd of S = sum over ALL pixels of w * depth (rasterizer, dtype of verts) against central
+    differences in float64 of the reference S (coverage re-decided at every perturbed vertex set).
+    coords: (vertex, axis) pairs; dirs: random directions over all vertices.  Returns the worst
+    relative error."""
+    g = torch.Generator().manual_seed(seed)
+    B = verts.shape[0]
+    w = torch.rand(B, H, W, generator=g, dtype=F64)
+    vv = verts.clone().requires_grad_(True)
+    depth, _ = rasterize_depth(vv, faces, K.to(verts.dtype), H, W)
+    (w.to(depth.dtype) * depth).sum().backward()
+    grad = vv.grad.double()
+    v64, K64 = verts.double(), K.double()
+
+    def fd(delta):
+        dp = _reference_depth(v64 + h * delta, faces, K64, H, W)
+        dm = _reference_depth(v64 - h * delta, faces, K64, H, W)
+        return ((w * (dp - dm)).sum() / (2 * h)).item()
+
+    worst, scale = 0.0, grad.abs().max().item()
+    for b, i, a in coords:
+        delta = torch.zeros_like(v64)
+        delta[b, i, a] = 1.0
+        num = fd(delta)
+        worst = max(worst, abs(num - grad[b, i, a].item()) / max(abs(num), 1e-2 * scale))
+    for _ in range(dirs):
+        delta = torch.randn(v64.shape, generator=g, dtype=F64)
+        num = fd(delta)
+        worst = max(worst, abs(num - (grad * delta).sum().item()) / max(abs(num), 1e-12))
+    return worst
+
+
+@pytest.mark.parametrize("dtype,d_lo,d_hi,h,tol", [(torch.float32, 1e-4, 1e-3, 1e-6, 5e-4),
+                                                  (F64, 1e-6, 1e-4, 1e-7, 2e-5)])
+def test_gradients_over_all_pixels_slivers(dtype, d_lo, d_hi, h, tol):
+    """Gradient of sum(w * depth) over all pixels (silhouettes included) w.r.t. every vertex of a
+    silhouette-heavy scene = central differences of the float64 reference (a step h moves an edge by
+    < 0.8 h px, far less than the >= d_lo between pixel centres and edges: no coverage change)."""
+    verts, faces, K = sliver_scene(d_lo, d_hi, seed=5)
+    V = verts.shape[1]
+    coords = [(0, i, a) for i in range(4, V) for a in range(3)]  # every sliver and fan vertex
+    worst = _fd_check(verts.to(dtype), faces, K, 48, 48, coords, dirs=3, h=h, seed=0)
+    assert worst < tol, worst
+
+
+def test_gradients_over_all_pixels_hand(hand_model):
+    """Stand-in hand at two poses, float64: the all-pixel gradient against central differences of
+    the reference, along random directions and for vertices of faces that own silhouette pixels."""
+    verts, faces, K = hand_poses(hand_model, 2, seed=3)
+    verts, K = verts.double(), K.double()
+    rf, _, _, close = edge_reference(verts, faces, K, 128, 128)
+    g = torch.Generator().manual_seed(1)
+    coords = []
+    for b in range(2):
+        owners = rf[b][close[b]].unique()
+        vids = faces[owners].reshape(-1).unique()
+        vids = vids[torch.randperm(vids.numel(), generator=g)[:10]]
+        coords += [(b, int(i), a) for i in vids for a in range(3)]
+    worst = _fd_check(verts, faces, K, 128, 128, coords, dirs=4, h=1e-6, seed=2)
+    assert worst < 5e-6, worst

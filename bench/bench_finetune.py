@@ -1,0 +1,238 @@
+"""One self-supervised fine-tuning step, timed whole and broken down by part.
+
+    python bench/bench_finetune.py                         # default config and tiny, 2 threads, CPU
+    python bench/bench_finetune.py --configs tiny:1:16:512 --iters 5
+    python bench/bench_finetune.py --compare-wait-policy   # the same in two processes: OMP_WAIT_POLICY unset / PASSIVE
+
+A configuration is net:stages:batch:points (default: resnet18:2:32:2048, the method's, and
+tiny:2:16:512).  The step is the one `stages/finetune.py` runs: a synthetic batch rendered on the fly
+(view rotation 'original'), the network on it with the synthetic losses, the network on a "real"
+batch with the self-supervised losses (`stages.finetune.real_loss_total`), backward, AdamW.  The
+real batch is a second synthetic batch with frame masks all true: the same shapes and hand content
+as real crops, without needing a dataset.
+
+Columns: seconds per step (median of --iters after a warm-up) and the share of the full step.
+* whole step, and the CNN alone (the same network on both batches with the stage-1 rendering frozen
+  and a plain sum as loss, as bench_train.py does): outside the CNN = 1 - CNN / step;
+* the step's five blocks (synthetic rendering, forward + synthetic losses, real forward + losses,
+  backward, optimizer) and, "of which", the forward time of each part measured in place (wrappers
+  around the functions of losses.finetune and the renderer; on CUDA with a synchronize around each
+  call).  Backward is one block: autograd does not tell the parts apart.
+Load average before / after is printed: run it alone on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config import make_config  # noqa: E402
+from render.camera import crop_intrinsics  # noqa: E402
+
+# (module, attribute, part name): forward pieces of the real-batch losses, timed where they run
+LOSS_PARTS = (
+    ("losses.finetune", "box", "hand box"),
+    ("losses.finetune", "crop_points_norm", "segmentation"),
+    ("losses.finetune", "spheres", "segmentation"),
+    ("losses.finetune", "segment_points", "segmentation"),
+    ("losses.finetune", "sample_indices", "sampling"),
+    ("losses.finetune", "render_residual", "render residual"),
+    ("losses.finetune", "data_mesh_distance", "data -> mesh"),
+    ("losses.finetune", "part_mesh_distance", "part data -> mesh"),
+    ("losses.finetune", "intersection_residual", "reliability selection"),
+    ("losses.finetune", "select_reliable", "reliability selection"),
+    ("losses.finetune", "select_reliable_relative", "reliability selection"),
+    ("losses.finetune", "collision_term", "collision"),
+)
+
+
+STEP_BLOCKS = ("synthetic rendering", "network forward + synthetic losses",
+               "real batch: network forward + self-supervised losses", "backward", "optimizer")
+
+
+class PartTimer:
+    """Accumulates the wall time of wrapped functions by part name (nested parts are not subtracted)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds, self.depth = device, defaultdict(float), 0
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def wrap(self, owner, name: str, part: str) -> None:
+        fn = getattr(owner, name, None)
+        if fn is None:
+            return
+
+        def timed(*args, **kwargs):
+            if self.depth:               # inside another timed part: counted there
+                return fn(*args, **kwargs)
+            self.sync()
+            t0 = time.perf_counter()
+            self.depth += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
+                self.sync()
+                self.seconds[part] += time.perf_counter() - t0
+        setattr(owner, name, timed)
+
+    def block(self, part: str):
+        timer = self
+
+        class _Block:
+            def __enter__(self):
+                timer.sync()
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.sync()
+                timer.seconds[part] += time.perf_counter() - self.t0
+        return _Block()
+
+
+def build(net: str, stages: int, batch: int, points: int, device: torch.device):
+    from datasets.synthetic import SyntheticHands
+    from stages.common import build_parts
+    cfg = make_config([], net=net, stage_num=stages, batch_size=batch, num_points=points, hand_model="standin",
+                      device=device.type, train_stage="finetune")
+    hand, renderer, model = build_parts(cfg, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cfg, hand, renderer, model, opt, SyntheticHands(cfg, hand, renderer, "original")
+
+
+def real_like(synth, batch: int, gen, device, cfg) -> dict:
+    s = synth.batch(batch, gen, device)
+    S = s["clean"].shape[-1]
+    return {"depth": s["clean"], "center": s["center"], "cube": s["cube"], "K_crop": crop_intrinsics(s["K"], s["M"]),
+            "frame_mask": torch.ones(batch, S, S, dtype=torch.bool, device=device)}
+
+
+def one_step(parts, timer: PartTimer, gen, point_gen, device):
+    """The fine-tuning step of stages/finetune.py, with its pieces timed."""
+    from losses.finetune import synthetic_losses
+    from stages.finetune import real_loss_total
+    cfg, hand, renderer, model, opt, synth = parts
+    run = SimpleNamespace(autocast=lambda: torch.autocast(device.type, enabled=False))
+    with timer.block("synthetic rendering"):
+        s = synth.batch(cfg.batch_size, gen, device)
+    with timer.block("network forward + synthetic losses"):
+        outs = model(s["clean"], s["center"], s["cube"], crop_intrinsics(s["K"], s["M"]))
+        synth_terms = synthetic_losses(outs, s, hand, cfg)
+    x = real_like(synth, cfg.batch_size, gen, device, cfg)
+    with timer.block("real batch: network forward + self-supervised losses"):
+        real_sum, _, _, _ = real_loss_total(model, x, renderer, hand, cfg, run, point_gen)
+    loss = sum(synth_terms.values()) + real_sum
+    with timer.block("backward"):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+    with timer.block("optimizer"):
+        opt.step()
+
+
+def cnn_step(parts, x: dict, device) -> None:
+    """The network alone on two batches: stage-1 rendering frozen, a plain sum as loss."""
+    from bench.bench_train import FrozenRender
+    cfg, hand, renderer, model, opt, synth = parts
+    frozen = None
+    if cfg.stage_num == 2:
+        with torch.no_grad():
+            p = model(x["depth"], x["center"], x["cube"], x["K_crop"])[0].params
+            frozen = FrozenRender(renderer.render_params(p, x["center"], x["cube"], x["K_crop"]))
+    model.__dict__["renderer"] = frozen or renderer
+    loss = 0
+    for _ in range(2):
+        outs = model(x["depth"], x["center"], x["cube"], x["K_crop"])
+        loss = loss + sum(o.maps.sum() + o.params.sum() for o in outs)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    model.__dict__["renderer"] = renderer
+
+
+def bench(spec: str, iters: int, device: torch.device) -> list[tuple[str, float]]:
+    import importlib
+    net, stages, batch, points = spec.split(":")
+    parts = build(net, int(stages), int(batch), int(points), device)
+    timer = PartTimer(device)
+    for mod, name, part in LOSS_PARTS:
+        timer.wrap(importlib.import_module(mod), name, part)
+    timer.wrap(parts[2], "render_params", "hand rendering (stage input and losses)")
+    gen, point_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    steps = []
+    one_step(parts, timer, gen, point_gen, device)      # warm-up
+    timer.seconds.clear()
+    for _ in range(iters):
+        timer.sync()
+        t0 = time.perf_counter()
+        one_step(parts, timer, gen, point_gen, device)
+        timer.sync()
+        steps.append(time.perf_counter() - t0)
+    per_part = {k: v / iters for k, v in timer.seconds.items()}
+    x = real_like(parts[5], int(batch), gen, device, parts[0])
+    cnn = []
+    cnn_step(parts, x, device)
+    for _ in range(iters):
+        timer.sync()
+        t0 = time.perf_counter()
+        cnn_step(parts, x, device)
+        timer.sync()
+        cnn.append(time.perf_counter() - t0)
+    step, cnn_s = statistics.median(steps), statistics.median(cnn)
+    rows = [("whole step", step), ("CNN alone (both batches, fwd + bwd + AdamW)", cnn_s),
+            ("outside the CNN = step - CNN", step - cnn_s)]
+    rows += [(k, per_part[k]) for k in STEP_BLOCKS if k in per_part]
+    rows += [("  of which " + k, v) for k, v in sorted(per_part.items(), key=lambda kv: -kv[1]) if k not in STEP_BLOCKS]
+    return rows
+
+
+def print_table(spec: str, rows: list[tuple[str, float]]) -> None:
+    step = rows[0][1]
+    print(f"\n{spec}  (net:stages:batch:points)")
+    print(f"{'part':<58}{'seconds':>10}{'share':>9}")
+    for name, sec in rows:
+        print(f"{name:<58}{sec:>10.3f}{100 * sec / step:>8.1f}%")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="resnet18:2:32:2048,tiny:2:16:512")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compare-wait-policy", action="store_true")
+    a = ap.parse_args(argv)
+    if a.compare_wait_policy:
+        rest = [x for x in argv if x != "--compare-wait-policy"]
+        for policy in ("", "PASSIVE"):
+            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            if policy:
+                env["OMP_WAIT_POLICY"] = policy
+            print(f"\n===== OMP_WAIT_POLICY={policy or '(unset)'} =====", flush=True)
+            subprocess.run([sys.executable, __file__, *rest], env=env, check=True)
+        return 0
+    from stages.engine import select_device
+    torch.set_num_threads(a.threads)
+    device = select_device(a.device)
+    print(f"device {device}, {a.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+          f"{a.iters} timed steps (+1 warm-up); load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    for spec in a.configs.split(","):
+        print_table(spec, bench(spec, a.iters, device))
+    print(f"\nload average after: {os.getloadavg()[0]:.2f} (1 min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
