@@ -194,6 +194,7 @@ class Config:
     w_collision: float = opt(1.0, "weight: sphere collision prior", check=GE0)
     w_render: float = opt(0.1, "weight: rendered-vs-observed depth residual", check=GE0)
     w_data_mesh: float = opt(1.0, "weight: point-to-mesh distance", check=GE0)
+    data_mesh_trim_fraction: float = opt(0.0, "point-to-mesh term: leave out this fraction of each crop's farthest points (0 = the original mean)", check=FRACTION)
     w_part_mesh: float = opt(1.0, "weight: part-aware point-to-mesh distance", check=GE0)
     w_pixel_to_model: float = opt(100.0, "weight: pixel branch teaches model branch", check=GE0)
     w_model_to_pixel: float = opt(100.0, "weight: model branch teaches pixel branch on reliable joints", check=GE0)
@@ -334,12 +335,12 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _fields() -> dict[str, dataclasses.Field]:
+def config_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _coerce(name: str, value: Any) -> Any:
-    f = _fields()[name]
+    f = config_fields()[name]
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     choices = f.metadata.get("choices")
     if isinstance(value, str) and isinstance(default, str) or (choices and isinstance(value, str)):
@@ -380,7 +381,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def _check_key(key: str) -> str:
-    names = _fields()
+    names = config_fields()
     k = key.strip().lower().replace("-", "_")
     if k not in names:
         hint = difflib.get_close_matches(k, list(names), n=1)
@@ -402,7 +403,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             out[k] = raw
         if isinstance(out[k], (int, float, list, bool)) or out[k] is None:
-            f = _fields()[k]
+            f = config_fields()[k]
             if f.type == "str":  # e.g. run names made of digits stay strings
                 out[k] = raw
     return out

@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-from config import Config, config_from_cli
+from config import Config, ConfigError, config_from_cli
 
 QUICKSTART = ["config=configs/quickstart.yaml"]
 QUICKSTART_TRAIN = ["overwrite=true"]   # the demo always starts afresh in its own folder
@@ -33,7 +33,9 @@ def run(cfg: Config) -> dict:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by inputs (files, datasets, checkpoints, a diverging run): their message says
-    what is wrong, so they are printed without a traceback (set DSF_TRACEBACK=1 to see it)."""
+    what is wrong, so they are printed without a traceback (set DSF_TRACEBACK=1 to see it).
+    Imported here, on an error only: the entry point loads the heavy packages of the phase it runs
+    and nothing else (`--help` and config errors stay fast)."""
     from datasets.depth_io import DatasetError
     from models.mano_io import MANOFileError
     from stages.checkpoints import CheckpointError
@@ -43,7 +45,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str]) -> int:
-    from config import ConfigError
     try:
         return _main(argv)
     except ConfigError as e:     # a setting that cannot work (e.g. an out_dir holding another run)

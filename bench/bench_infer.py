@@ -57,13 +57,13 @@ def load_frame(path: str) -> tuple[np.ndarray, tuple[float, float, float, float]
 
 
 def build_predictor(net: str, stage_num: int) -> Predictor:
-    from models.dual_branch import DualBranchNet
+    from models.dual_branch import DualBranchNet, NetConfig
     from models.mano import build_hand_model
     from render.hand_renderer import HandRenderer
     cfg = make_config(net=net, stage_num=stage_num, hand_model="standin", device="cpu", phase="export")
     torch.manual_seed(0)
     hand = build_hand_model(cfg)
-    model = DualBranchNet(cfg, HandRenderer(hand, size=128))
+    model = DualBranchNet(NetConfig.from_config(cfg), HandRenderer(hand, size=128))
     return Predictor(cfg, model, hand, torch.device("cpu"))
 
 

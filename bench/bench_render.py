@@ -13,10 +13,12 @@ CPU, max_memory_allocated on CUDA).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,8 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config import make_config  # noqa: E402
+from hand.params import NUM_POSE_COEFFS, POSE, ROTATION, TRANSLATION, identity_params  # noqa: E402
 from render import camera  # noqa: E402
-from render.geometry import part_point_mesh_sqdist, point_mesh_sqdist  # noqa: E402
+from render.geometry import nearest_face, part_point_mesh_sqdist, point_mesh_sqdist  # noqa: E402
 from render.rasterizer import pytorch3d_available, rasterize_depth  # noqa: E402
 
 P3D_REFERENCE = {"fwd": 2.35, "fwd+bwd": 3.9}  # issue 3: pytorch3d CPU, batch 32, 128^2, 2 threads
@@ -33,7 +37,6 @@ P3D_REFERENCE = {"fwd": 2.35, "fwd+bwd": 3.9}  # issue 3: pytorch3d CPU, batch 3
 
 def hand_model():
     try:
-        from config import make_config
         from models.mano import build_hand_model
         return build_hand_model(make_config([]))
     except Exception as e:  # hand model area unavailable: fall back to a 1554-face sphere
@@ -50,17 +53,15 @@ def workload(B: int, seed: int = 0, device: str = "cpu"):
     center = torch.stack([torch.zeros(B), torch.zeros(B), z0], -1)
     cube = torch.full((B, 3), 250.0)
     if hm is not None:
-        params = torch.zeros(B, 62)
-        params[:, :3] = (torch.rand(B, 3, generator=g) - 0.5) * 2.0
-        params[:, 3:48] = torch.randn(B, 45, generator=g) * 0.7
-        params[:, 58] = 1.0
+        params = identity_params(B)
+        params[:, ROTATION] = (torch.rand(B, 3, generator=g) - 0.5) * 2.0
+        params[:, POSE] = torch.randn(B, NUM_POSE_COEFFS, generator=g) * 0.7
         with torch.no_grad():
             _, joints = hm.network_space(params)
-            params[:, 59:62] = -joints.mean(1)
+            params[:, TRANSLATION] = -joints.mean(1)
             verts_n, _ = hm.network_space(params)
         faces = hm.faces
     else:
-        import math
         n_lat, n_lon = 22, 37
         th = torch.linspace(0, math.pi, n_lat + 1)[1:-1]
         ph = torch.arange(n_lon) * 2 * math.pi / n_lon
@@ -81,16 +82,15 @@ def workload(B: int, seed: int = 0, device: str = "cpu"):
     with torch.no_grad():  # points: back-projected foreground of the rendering + 2 mm noise
         depth, _ = rasterize_depth(verts_mm, faces, Kc, 128, 128)
         dn = camera.normalize_depth(depth[:, None], center[:, 2], cube[:, 2])
-        pts_all, fg = camera.crop_points_norm(dn, center, cube, Kc)
+        pts_all, fg = camera.crop_points_norm(dn, center, cube, Kc, make_config([]).fg_threshold_nu)
         pts = torch.stack([pa[m][torch.randint(int(m.sum()), (2048,), generator=g)] for pa, m in zip(pts_all, fg)])
         pts = pts + 0.016 * torch.randn(pts.shape, generator=g)
     labels = torch.zeros(B, 2048, dtype=torch.long)
     if hm is not None:  # realistic labels: the part of each point's nearest face (0 = palm only)
-        from render.geometry import _nearest_face
         face_part = torch.zeros(faces.shape[0], dtype=torch.long)
         for k, pf in enumerate(hm.part_faces):
             face_part[pf] = k + 1
-        labels = face_part[_nearest_face(pts, verts_n, faces, 16384)]
+        labels = face_part[nearest_face(pts, verts_n, faces, 16384)]
     dev = torch.device(device)
     return dict(verts_mm=verts_mm.to(dev), faces=faces.to(dev), Kc=Kc.to(dev), center=center.to(dev),
                 cube=cube.to(dev), pts=pts.to(dev), verts_n=verts_n.to(dev), labels=labels.to(dev),
@@ -157,7 +157,6 @@ def peak_memory_child(name, threads, batch, device):
     before it (first call in a fresh process, so freed memory kept by malloc does not hide it).
     CUDA: torch.cuda.max_memory_allocated minus the allocation before the call.
     """
-    import threading
     torch.set_num_threads(threads)
     w = workload(batch, device=device)
     ops = make_ops(w)

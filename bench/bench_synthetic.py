@@ -18,9 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.synthetic_dataset import SyntheticDataset  # noqa: E402
 from config import make_config  # noqa: E402
 from datasets.simreal import generate_simreal  # noqa: E402
-from datasets.synthetic import SyntheticDataset, SyntheticHands  # noqa: E402
+from datasets.synthetic import SyntheticHands  # noqa: E402
 
 
 def sync(device: str) -> None:

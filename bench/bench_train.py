@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import make_config  # noqa: E402
 from losses.pretrain import pretrain_losses  # noqa: E402
-from models.dual_branch import DualBranchNet  # noqa: E402
+from models.dual_branch import DualBranchNet, NetConfig  # noqa: E402
 from render import camera  # noqa: E402
 from stages import engine  # noqa: E402
 
@@ -63,7 +63,7 @@ def bench(net_name: str, stages: int, batch: int, iters: int, device: torch.devi
                       device=str(device.type))
     hand = build_hand_model(cfg).to(device)
     renderer = HandRenderer(hand)
-    net = DualBranchNet(cfg, renderer).to(device)
+    net = DualBranchNet(NetConfig.from_config(cfg), renderer).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     synth = SyntheticHands(cfg, hand, renderer, "none")
     gen = torch.Generator().manual_seed(0)

@@ -18,6 +18,7 @@ def build_dataset(cfg, split: str, labels: bool) -> Dataset:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if cfg.fx is None or cfg.cube_mm is None or not cfg.data_root:
         cfg = cfg.resolved()
+    # Readers are imported on use: the package itself stays light for `datasets.joints` & co.
     if cfg.dataset in ("nyu", "simreal"):
         from datasets.nyu import build_nyu
         return build_nyu(cfg, split, labels, name=cfg.dataset)

@@ -71,8 +71,10 @@ def mirror_frame(frame: np.ndarray, cx: float) -> np.ndarray:
     return out
 
 
-def mirror_uvd(uvd: np.ndarray, cx: float) -> np.ndarray:
-    """Labels or predictions (..., 3) in frame pixels: u -> 2cx - u (its own inverse)."""
+def mirror_uvd(uvd: np.ndarray, cx: float | np.ndarray) -> np.ndarray:
+    """Labels or predictions (..., 3) in frame pixels: u -> 2cx - u (its own inverse); a copy, float64.
+
+    cx: the principal point, or an array broadcasting against uvd[..., 0] (e.g. (N, 1) per frame)."""
     out = np.array(uvd, dtype=np.float64, copy=True)
     out[..., 0] = 2.0 * cx - out[..., 0]
     return out
@@ -212,7 +214,7 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, table: FrameTable, reader: Callable[[Path], np.ndarray], K: np.ndarray, *,
-                 augment: AugmentParams | None = None, mirror: bool = False, fg_threshold: float = 0.99,
+                 fg_threshold: float, augment: AugmentParams | None = None, mirror: bool = False,
                  frame_hw: tuple[int, int] | None = None, size: int = CROP_SIZE, name: str = "dataset"):
         if mirror:  # x -> -x is the 3-D form of the image mirror u -> 2cx - u
             joints = None if table.joints_xyz is None else mirror_xyz(table.joints_xyz)

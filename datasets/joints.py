@@ -1,27 +1,14 @@
-"""Joint sets, dataset joint mappings and evaluation subsets, driven by tables (spec 3.4, 11.2).
+"""Dataset joint sets: how each dataset's joints map onto the network's 21, evaluation subsets,
+driven by tables (spec 3.4, 11.2).
 
-Network order (21 joints, both branches): 0 wrist; 1-3 index MCP/PIP/DIP; 4-6 middle; 7-9 pinky;
-10-12 ring; 13-15 thumb CMC/MCP/IP; 16-20 tips of index, middle, pinky, ring, thumb
-(MANO vertices 333, 444, 672, 555, 744).
+The network's own joint order and skeleton (parents, bones, fingertip vertices) are hand-model
+knowledge: `hand/skeleton.py`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-NUM_JOINTS = 21
-NETWORK_JOINT_NAMES = (
-    "wrist", "index_mcp", "index_pip", "index_dip", "middle_mcp", "middle_pip", "middle_dip",
-    "pinky_mcp", "pinky_pip", "pinky_dip", "ring_mcp", "ring_pip", "ring_dip",
-    "thumb_cmc", "thumb_mcp", "thumb_ip", "index_tip", "middle_tip", "pinky_tip", "ring_tip",
-    "thumb_tip",
-)
-TIP_VERTEX_IDS = (333, 444, 672, 555, 744)
-# Parent of each of the 16 MANO skeleton joints (root: -1).
-MANO_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)
-# Child of articulated joint k = 1..15 (bone k runs from joint k to BONE_CHILD[k-1]).
-BONE_CHILD = (2, 3, 16, 5, 6, 17, 8, 9, 18, 11, 12, 19, 14, 15, 20)
-# Parent of each of the 21 network joints (tips hang from the DIP / IP joints).
-NETWORK_PARENTS = MANO_PARENTS + (3, 6, 9, 12, 15)
+from hand.skeleton import NETWORK_JOINT_NAMES, NUM_JOINTS
 
 
 @dataclass(frozen=True)
@@ -77,8 +64,8 @@ MSRA21 = JointSet(
     dsf=tuple(range(1, 20)),
 )
 
-NETWORK21 = JointSet(name="network", names=NETWORK_JOINT_NAMES, to_network=tuple(range(21)),
-                     standard=tuple(range(21)), dsf=tuple(range(21)))
+NETWORK21 = JointSet(name="network", names=NETWORK_JOINT_NAMES, to_network=tuple(range(NUM_JOINTS)),
+                     standard=tuple(range(NUM_JOINTS)), dsf=tuple(range(NUM_JOINTS)))
 
 JOINT_SETS = {"nyu": NYU14, "icvl": ICVL16, "msra": MSRA21, "network": NETWORK21}
 

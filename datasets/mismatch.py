@@ -57,10 +57,12 @@ from datasets.mismatch_hand import (SubjectHand, base_hand, build_subject, draw_
                                     pose_subject)
 from datasets.mismatch_scene import (GESTURE_NAMES, StructuredLight, box_mesh, forearm_rings, sample_gestures,
                                      sample_views, sense, sphere_depth)
+from datasets.nyu import write_nyu_split
 from datasets.simreal import NYU_FINGERS, STYLE, forearm_faces, plane_depth, refined_centers
 from datasets.synthetic import sample_seed
 from models.pose_sampler import finger_clearance
 from render import camera
+from render.rasterizer import rasterize_depth
 
 MISMATCH_SEED = 2023
 NYU_K = (588.03, 587.07, 320.0, 240.0)
@@ -253,7 +255,6 @@ class MismatchScene:
     @torch.no_grad()
     def clean_depth(self, draws: dict, idx: np.ndarray) -> torch.Tensor:
         """Noise-free scene depth (b, H, W) mm (0 where nothing): meshes, planes and spheres."""
-        from render.rasterizer import rasterize_depth
         H, W = FRAME_HW
         mesh, _ = rasterize_depth(torch.as_tensor(self.scene_verts(draws, idx), dtype=torch.float32), self.faces,
                                   self.K.float(), H, W)
@@ -290,7 +291,6 @@ def split_subjects(split: str, n: int) -> np.ndarray:
 def generate_mismatch(root: str | Path, n_train: int, n_test: int, seed: int = MISMATCH_SEED,
                       style: MismatchStyle = MismatchStyle(), sensor: StructuredLight = StructuredLight()) -> dict:
     """Write <root>/{train,test} in the exact NYU format (+ mismatch_info.json); returns a summary."""
-    from datasets.nyu import write_nyu_split
     t0 = time.perf_counter()
     hands = subject_hands(seed)
     scene = MismatchScene(hands, style, sensor)

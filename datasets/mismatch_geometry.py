@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hand.params import POSE, SCALE, TRANSLATION, identity_params
+
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
@@ -129,15 +131,14 @@ def model_fit(verts: np.ndarray, hand_model, rounds: int = 5, steps: int = 60) -
     """Best fit of the full model (pose, shape, rotation, scale, translation) to verts (V, 3) mm by
     L-BFGS on the vertex distances, from the flat hand; returns the fitted mesh (V, 3) float64."""
     target = torch.as_tensor(verts, dtype=torch.float32)
-    p = torch.zeros(1, 62)
-    p[:, 3:48] = -(hand_model.hands_mean @ hand_model.hands_components.T)  # articulation 0 = flat
-    p[:, 58] = 1.0
+    p = identity_params(1)
+    p[:, POSE] = -(hand_model.hands_mean @ hand_model.hands_components.T)  # articulation 0 = flat
     p.requires_grad_(True)
     opt = torch.optim.LBFGS([p], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def mesh() -> torch.Tensor:
         v, _ = hand_model.mano_mm(p)
-        return (p[:, 58, None, None] * v[:, :len(verts)] + p[:, None, 59:62])[0]
+        return (p[:, SCALE, None, None] * v[:, :len(verts)] + p[:, None, TRANSLATION])[0]
 
     def closure():
         opt.zero_grad()

@@ -36,15 +36,14 @@ import numpy as np
 import torch
 from smplx.lbs import batch_rigid_transform
 
-from datasets.joints import BONE_CHILD, MANO_PARENTS, TIP_VERTEX_IDS
 from datasets.mismatch_geometry import plane_section, polygon_centroid, ray_hit
-from models.mano import axis_angle_to_matrix
+from hand.rotations import axis_angle_to_matrix, rotation_about_axis
+from hand.skeleton import BONE_CHILD, CHAINS, MANO_PARENTS, TIP_PARENTS, TIP_VERTEX_IDS
+from models.mano import HandModel
 from models.pose_sampler import anatomical_axes
-from models.standin_hand import NUM_VERTS, skinning_weights, vertex_normals
+from models.standin_hand import NUM_VERTS, make_standin_arrays, skinning_weights, vertex_normals
 from models.standin_mesh import THICKNESS_RATIO, build_layout, finalize_mesh, hand_vertices
 
-CHAINS = ((1, 2, 3), (4, 5, 6), (7, 8, 9), (10, 11, 12), (13, 14, 15))  # index, middle, pinky, ring, thumb
-TIP_BONES = (3, 6, 9, 12, 15)
 TIP_FRACTION = 0.8
 
 
@@ -105,11 +104,6 @@ def _gauss(x: np.ndarray, s: float) -> np.ndarray:
     return np.exp(-0.5 * (x / s) ** 2)
 
 
-def _rodrigues(axis: np.ndarray, angle: float) -> np.ndarray:
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
-
-
 def hand_frame(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(hand axis wrist -> middle MCP, palmar normal, ulnar direction) unit (3,) each from joints (16+, 3)."""
     axis = _unit(joints[4] - joints[0])
@@ -123,8 +117,6 @@ def hand_frame(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def base_hand() -> dict:
     """The stand-in's rest mesh (mm), joints (16, 3), weights, faces (open, and capped with its loop),
     vertex labels (0 palm, c + 1 chain c) and ring ids; the HandModel itself under 'model'."""
-    from models.mano import HandModel
-    from models.standin_hand import make_standin_arrays
     layout = build_layout()
     mesh = finalize_mesh(layout, hand_vertices(layout, np.zeros(10)), NUM_VERTS, TIP_VERTEX_IDS)
     arrays = make_standin_arrays()
@@ -162,7 +154,7 @@ def _retarget(p: SubjectParams, b: dict, frame) -> tuple[np.ndarray, np.ndarray]
     new = pts.copy()
     maps: list = [None] * 16
     for c, chain in enumerate(CHAINS):
-        R = _rodrigues(-palmar, np.deg2rad(p.spread_deg[c]))
+        R = rotation_about_axis(-palmar, np.deg2rad(p.spread_deg[c]))
         new[chain[0]] = palm_map(pts[chain[0]])
         for k in chain:
             child = BONE_CHILD[k - 1]
@@ -282,7 +274,7 @@ def _labels(p: SubjectParams, v: np.ndarray, skel: np.ndarray, b: dict, frame):
     joints[13] -= p.cmc_depth_mm * _unit(joints[14] - joints[13])
     apex = v[list(TIP_VERTEX_IDS)]
     tips = np.zeros((5, 3))
-    for c, k in enumerate(TIP_BONES):  # the line along the pad normal through q: pad skin .. nail skin
+    for c, k in enumerate(TIP_PARENTS):  # the line along the pad normal through q: pad skin .. nail skin
         tube = faces[(labels[faces] == c + 1).all(1)]
         pad = _pad_dir(c, _unit(apex[c] - joints[k]), frame)
         q = joints[k] + TIP_FRACTION * (apex[c] - joints[k])
@@ -349,13 +341,13 @@ def pose_points(hand: SubjectHand, angles_deg: np.ndarray) -> np.ndarray:
     (index, middle, pinky, ring, thumb; each moves with its distal bone), PALM_1..3 (with the palm).
 
     angles_deg (n, 15, 3): (flexion, abduction, twist) about hand.axes per joint 1..15, R = Rf Ra Rt.
-    Points 0..20 are the 21 joints in the network order (datasets/joints.py)."""
+    Points 0..20 are the 21 joints in the network order (hand/skeleton.py)."""
     return _label_points(hand, _transforms(hand, angles_deg)[0])
 
 
 def _label_points(hand: SubjectHand, A: torch.Tensor) -> np.ndarray:
     pts = torch.as_tensor(np.concatenate([hand.joints, hand.tips, hand.palm]))
-    bone = torch.tensor(list(range(16)) + list(TIP_BONES) + [0, 0, 0])
+    bone = torch.tensor(list(range(16)) + list(TIP_PARENTS) + [0, 0, 0])
     return _apply(A[:, bone], pts).numpy()
 
 

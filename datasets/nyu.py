@@ -14,11 +14,13 @@ from typing import Iterable
 import numpy as np
 import scipy.io
 import torch
+from torch import Tensor
 
 from datasets.centers import CENTER_CONVENTIONS, load_centers, split_center_file
 from datasets.common import CropDataset, crop_dataset, FrameTable, drop_invalid, select_split
 from datasets.depth_io import DatasetError, read_nyu_depth, write_nyu_depth
-from datasets.joints import NYU_EVAL_IDS_36
+from datasets.joints import NYU14, NYU_EVAL_IDS_36
+from models.palm_landmarks import apply_map
 from render.camera import make_intrinsics, project
 
 EXPECTED_TREE = """expected NYU layout (https://jonathantompson.github.io/NYU_Hand_Pose_Dataset.htm):
@@ -166,3 +168,21 @@ def write_nyu_split(root: str | Path, split: str, depth_frames_mm: np.ndarray | 
             "joint_names": names}, do_compression=False)
     return n
 
+
+def nyu14_from_network(joints21: Tensor | np.ndarray, palm_map: np.ndarray,
+                       palm1_from_map: bool = False) -> Tensor | np.ndarray:
+    """(B, 21, 3) network joints -> (B, 14, 3) NYU joints in NYU order (any units, any frame).
+
+    The 11 finger joints and PALM_1 (= wrist, as the original) are copied by `NYU14.to_network`;
+    PALM_2/PALM_3 (no network joint; and PALM_1 when palm1_from_map) come from the label-free palm
+    map (3, 21) of `models.palm_landmarks`.
+    """
+    palms = apply_map(joints21, palm_map)
+    cols = []
+    for i, j in enumerate(NYU14.to_network):
+        k = i - 11  # palm row
+        if j is None or (palm1_from_map and k >= 0):
+            cols.append(palms[:, k])
+        else:
+            cols.append(joints21[:, j])
+    return torch.stack(cols, dim=1) if isinstance(joints21, Tensor) else np.stack(cols, axis=1)

@@ -35,8 +35,15 @@ from torch import Tensor
 
 from config import Config
 from datasets.joints import NYU14, NYU_EVAL_IDS_36
-from datasets.synthetic import axis_angle_to_quat, compose_global_rotation, hand_arrays, sample_seed
+from datasets.nyu import write_nyu_split
+from datasets.synthetic import sample_seed
+from hand.params import NUM_POSE_COEFFS, NUM_SHAPE_COEFFS, POSE, ROTATION, SCALE, SHAPE, TRANSLATION, identity_params
+from hand.rotations import axis_angle_to_quat, compose_global_rotation
+from models.mano import build_hand_model, hand_arrays
+from models.palm_landmarks import choose_vertex_sets
+from models.pose_sampler import PoseSampler
 from render import camera
+from render.rasterizer import rasterize_depth
 
 SIMREAL_SEED = 2022
 NYU_FILL_MM = 2001.0
@@ -275,18 +282,14 @@ class SimrealScene:
         self.loop = hand_model.wrist_loop.detach().cpu().long()
         self.num_verts = WRIST_CAP_VERTEX + 1
         self.faces = torch.cat([faces, forearm_faces(self.loop, self.num_verts, style.arm_rings)])
-        mean = torch.zeros(1, 62)
-        mean[:, 58] = 1.0
         with torch.no_grad():
-            v, j = hand_model.source_space(mean)
-        from models.palm_landmarks import choose_vertex_sets
+            v, j = hand_model.source_space(identity_params(1))
         sets = choose_vertex_sets(v[0].numpy(), j[0].numpy(), faces.numpy())
         self.palm_sets = (np.asarray(sets[1]), np.asarray(sets[2]))
         g = torch.Generator().manual_seed(sample_seed(seed, 999_999))
-        self.subject_beta = style.subject_shape_std * torch.randn(10, generator=g)
+        self.subject_beta = style.subject_shape_std * torch.randn(NUM_SHAPE_COEFFS, generator=g)
         self.subject_scale = float(_uniform(g, 1, style.subject_scale_range))
         if pose_sampler is None:
-            from models.pose_sampler import PoseSampler
             pose_sampler = PoseSampler(hand_arrays(cfg, hand_model), seed=seed + style.pose_seed_offset)
         self.pose_sampler = pose_sampler
 
@@ -294,13 +297,13 @@ class SimrealScene:
         """Per-frame random quantities (CPU tensors with leading dim n)."""
         st, K = self.style, self.K
         rows = self.pose_sampler.sample(n, g).float().cpu().clone()
-        rows[:, 3:48] += st.articulation_noise * torch.randn(n, 45, generator=g)
-        rows[:, 48:58] = self.subject_beta + st.shape_noise * torch.randn(n, 10, generator=g)
-        rows[:, 58] = self.subject_scale
-        rows[:, 59:62] = 0.0
+        rows[:, POSE] += st.articulation_noise * torch.randn(n, NUM_POSE_COEFFS, generator=g)
+        rows[:, SHAPE] = self.subject_beta + st.shape_noise * torch.randn(n, NUM_SHAPE_COEFFS, generator=g)
+        rows[:, SCALE] = self.subject_scale
+        rows[:, TRANSLATION] = 0.0
         axis = F.normalize(torch.randn(n, 3, generator=g), dim=-1)
         angle = math.radians(st.view_angle_std_deg) * torch.randn(n, 1, generator=g)
-        rows[:, :3] = compose_global_rotation(rows[:, :3], axis_angle_to_quat(axis * angle))
+        rows[:, ROTATION] = compose_global_rotation(rows[:, ROTATION], axis_angle_to_quat(axis * angle))
         uvz = torch.stack([_uniform(g, n, st.u_range), _uniform(g, n, st.v_range),
                            _uniform(g, n, st.depth_range_mm)], dim=-1)
         place = camera.backproject(uvz[:, None], K)[:, 0]
@@ -337,7 +340,6 @@ class SimrealScene:
     @torch.no_grad()
     def clean_depth(self, draws: dict, sl: slice) -> Tensor:
         """Noise-free scene depth (b, H, W) mm: hand + forearm + planes."""
-        from render.rasterizer import rasterize_depth
         H, W = self.frame_hw
         v, j = self.hands_mm(draws, sl)
         arm = forearm_verts(v, j, self.loop, draws["arm_length"][sl], draws["arm_bend"][sl],
@@ -359,8 +361,6 @@ class SimrealScene:
 
 def generate_simreal(root: str | Path, cfg: Config, n_train: int, n_test: int, seed: int) -> dict:
     """Write <root>/{train,test} in the exact NYU format; returns a summary of the set."""
-    from datasets.nyu import write_nyu_split
-    from models.mano import build_hand_model
     t0 = time.perf_counter()
     scene = SimrealScene(cfg, build_hand_model(cfg).cpu(), seed)
     summary = {"root": str(root), "seed": seed, "frames": {}, "center_error_mm": {}}

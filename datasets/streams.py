@@ -25,7 +25,6 @@ import yaml
 from datasets.depth_io import read_depth, read_npy, read_nyu_depth, read_png16
 
 GESTURE_INTRINSICS = (463.889, 463.889, 320.0, 240.0)
-GESTURE_IMAGE_SIZE = (640, 480)
 SEQUENCE_DIR_PATTERN = "gesture_*/finger_*/subject_*/essai_*"
 FOLDER_LAYOUT_HELP = """expected a folder of depth frames, e.g.
   <export_input>/

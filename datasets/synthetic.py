@@ -21,7 +21,6 @@ pixel whose (u_n, v_n, d_n) lies strictly inside an occluder becomes background 
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,51 +30,17 @@ import torch
 from torch import Tensor
 
 from config import Config
-from datasets.joints import NUM_JOINTS
+from hand.params import NETWORK_UNIT_MM, NUM_PARAMS, NUM_SHAPE_COEFFS, ROTATION, SCALE, SHAPE, TRANSLATION
+from hand.rotations import axis_angle_to_quat, compose_global_rotation
+from hand.skeleton import NUM_JOINTS
+from models.mano import hand_arrays
+from models.pose_sampler import PoseSampler
 from render import camera
 
 VIEW_ROTATIONS = ("none", "original", "so3")
 
 
-# ---- rotations (quaternions w, x, y, z) ----------------------------------------------------------
-def axis_angle_to_quat(aa: Tensor) -> Tensor:
-    """Axis-angle (..., 3) -> unit quaternion (..., 4) (w first); safe at zero angle."""
-    angle = aa.norm(dim=-1, keepdim=True)
-    half = 0.5 * angle
-    small = angle < 1e-8
-    k = torch.where(small, 0.5 - angle * angle / 48.0, torch.sin(half) / angle.clamp_min(1e-8))
-    return torch.cat([torch.cos(half), aa * k], dim=-1)
-
-
-def quat_to_axis_angle(q: Tensor) -> Tensor:
-    """Unit quaternion (..., 4) -> axis-angle (..., 3) with angle in [0, pi]."""
-    q = torch.where(q[..., :1] < 0, -q, q)
-    v = q[..., 1:]
-    n = v.norm(dim=-1, keepdim=True)
-    angle = 2.0 * torch.atan2(n, q[..., :1])
-    k = torch.where(n < 1e-8, 2.0 / q[..., :1].clamp_min(1e-8), angle / n.clamp_min(1e-8))
-    return v * k
-
-
-def quat_mul(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a*b (..., 4): the rotation b followed by a."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
-                        aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
-
-
-def quat_to_matrix(q: Tensor) -> Tensor:
-    """Unit quaternion (..., 4) -> rotation matrix (..., 3, 3)."""
-    w, x, y, z = q.unbind(-1)
-    rows = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
-    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (3, 3))
-
-
+# ---- view rotations --------------------------------------------------------------------------
 def random_view_quats(n: int, mode: str, generator: torch.Generator) -> Tensor:
     """View rotations (n, 4): 'none' identity, 'original' axis-angle ~ U([0, 2pi)^3) (not uniform),
     'so3' uniform on SO(3) (normalized Gaussian quaternion)."""
@@ -90,11 +55,6 @@ def random_view_quats(n: int, mode: str, generator: torch.Generator) -> Tensor:
     raise ValueError(f"unknown view rotation '{mode}'; valid: {', '.join(VIEW_ROTATIONS)}")
 
 
-def compose_global_rotation(omega: Tensor, view_q: Tensor) -> Tensor:
-    """omega' (B, 3) with rot(omega') = R(view_q) @ rot(omega)."""
-    return quat_to_axis_angle(quat_mul(view_q, axis_angle_to_quat(omega)))
-
-
 # ---- placement, targets and occlusion ------------------------------------------------------------
 def network_params(rows: Tensor, joint_mean_mm: Tensor, place_mm: Tensor, center: Tensor,
                    cube: Tensor) -> Tensor:
@@ -105,8 +65,8 @@ def network_params(rows: Tensor, joint_mean_mm: Tensor, place_mm: Tensor, center
     """
     half = 0.5 * cube[:, :1]
     out = rows.clone()
-    out[:, 58] = rows[:, 58] * 125.0 / half[:, 0]
-    out[:, 59:62] = (rows[:, 59:62] - joint_mean_mm + place_mm - center) / half
+    out[:, SCALE] = rows[:, SCALE] * NETWORK_UNIT_MM / half[:, 0]
+    out[:, TRANSLATION] = (rows[:, TRANSLATION] - joint_mean_mm + place_mm - center) / half
     return out
 
 
@@ -152,28 +112,9 @@ def load_pose_rows(path: str) -> Tensor:
         raise FileNotFoundError(f"synth_pose_file not found: {path}")
     arr = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, ndmin=2)
     arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[1] != 62 or len(arr) == 0:
-        raise ValueError(f"synth_pose_file {path}: expected rows of 62 values, got shape {arr.shape}")
+    if arr.ndim != 2 or arr.shape[1] != NUM_PARAMS or len(arr) == 0:
+        raise ValueError(f"synth_pose_file {path}: expected rows of {NUM_PARAMS} values, got shape {arr.shape}")
     return torch.from_numpy(arr)
-
-
-@functools.lru_cache(maxsize=1)
-def _standin_arrays() -> dict:
-    from models.standin_hand import make_standin_arrays
-    return make_standin_arrays()
-
-
-def hand_arrays(cfg: Config, hand_model) -> dict:
-    """The MANO-layout arrays behind `hand_model` (for the pose sampler): its own `.arrays` when it
-    keeps them, else the stand-in or the model file of cfg.mano_path, as models.mano.build_hand_model."""
-    arrays = getattr(hand_model, "arrays", None)
-    if arrays is not None:
-        return arrays
-    if getattr(hand_model, "is_standin", True):
-        return _standin_arrays()
-    from models.mano import _resolve
-    from models.mano_io import load_mano_arrays
-    return load_mano_arrays(_resolve(cfg.mano_path))
 
 
 @dataclass
@@ -224,7 +165,6 @@ class SyntheticHands:
         self.frame_hw = (int(cfg.image_height), int(cfg.image_width))
         self.pose_rows = load_pose_rows(cfg.synth_pose_file) if cfg.synth_pose_file else None
         if self.pose_rows is None and pose_sampler is None:
-            from models.pose_sampler import PoseSampler
             pose_sampler = PoseSampler(hand_arrays(cfg, hand_model), seed=cfg.seed)
         self.pose_sampler = pose_sampler
 
@@ -245,7 +185,7 @@ class SyntheticHands:
             g = torch.Generator().manual_seed(int(seed))
         dev = g.device
         rows = self._source_rows(B, g)
-        rows[:, 48:58] += cfg.synth_shape_noise * torch.randn(B, 10, generator=g, device=dev)
+        rows[:, SHAPE] += cfg.synth_shape_noise * torch.randn(B, NUM_SHAPE_COEFFS, generator=g, device=dev)
         view_q = random_view_quats(B, self.rotation, g)
         lo, hi = (float(v) for v in cfg.synth_depth_range_mm)
         z0 = lo + (hi - lo) * torch.rand(B, generator=g, device=dev)
@@ -271,7 +211,7 @@ class SyntheticHands:
         B = d.rows.shape[0]
         rows = d.rows.to(torch.float32).clone()
         if self.rotation != "none":
-            rows[:, :3] = compose_global_rotation(rows[:, :3], d.view_q)
+            rows[:, ROTATION] = compose_global_rotation(rows[:, ROTATION], d.view_q)
         verts_src, joints_src = self.hand_model.source_space(rows)
         m = joints_src.mean(dim=1)
         K = self.K.to(device)
@@ -314,63 +254,3 @@ def sample_seed(seed: int, index: int) -> int:
     """A well-mixed 63-bit seed for sample `index` of a stream seeded with `seed`."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
-
-
-class SyntheticDataset(torch.utils.data.Dataset):
-    """Map-style wrapper yielding single CPU samples; sample i depends only on (seed, i).
-
-    Random draws come in blocks of `BLOCK` consecutive indices, block k drawn in one batched call
-    from a generator seeded by (seed, k) (a few recent blocks are cached), so any index order,
-    batch size or worker split gives the same sample i.  The hand model and renderer are built
-    lazily in each process (DataLoader workers included); `__getitems__` renders a whole DataLoader
-    batch in one vectorized call.  With synth_occlusion_per_sample=False the occluded joints are
-    shared per block.
-    """
-    BLOCK = 32
-    CACHED_BLOCKS = 4
-
-    def __init__(self, cfg: Config, seed: int, length: int, rotation: str):
-        if rotation not in VIEW_ROTATIONS:
-            raise ValueError(f"unknown view rotation '{rotation}'; valid: {', '.join(VIEW_ROTATIONS)}")
-        self.cfg, self.seed, self.length, self.rotation = cfg, int(seed), int(length), rotation
-        self._hands: SyntheticHands | None = None
-        self._blocks: dict[int, SyntheticDraws] = {}
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_hands"], state["_blocks"] = None, {}
-        return state
-
-    def _block(self, k: int) -> SyntheticDraws:
-        if k not in self._blocks:
-            if len(self._blocks) >= self.CACHED_BLOCKS:
-                self._blocks.pop(next(iter(self._blocks)))
-            g = torch.Generator().manual_seed(sample_seed(self.seed, k))
-            self._blocks[k] = self.hands().draw(self.BLOCK, g)
-        return self._blocks[k]
-
-    def hands(self) -> SyntheticHands:
-        if self._hands is None:
-            from models.mano import build_hand_model
-            from render.hand_renderer import HandRenderer
-            model = build_hand_model(self.cfg)
-            self._hands = SyntheticHands(self.cfg, model, HandRenderer(model), self.rotation)
-        return self._hands
-
-    def __getitems__(self, indices: list[int]) -> list[dict]:
-        hands = self.hands()
-        for i in indices:
-            if not 0 <= i < self.length:
-                raise IndexError(f"synthetic sample {i} out of range 0..{self.length - 1}")
-        draws = SyntheticDraws.cat([self._block(i // self.BLOCK).select(slice(i % self.BLOCK, i % self.BLOCK + 1))
-                                    for i in indices])
-        with torch.no_grad():
-            out = hands.build(draws, "cpu")
-        out["index"] = torch.as_tensor(list(indices), dtype=torch.long)
-        return [{k: v[j] for k, v in out.items()} for j in range(len(indices))]
-
-    def __getitem__(self, index: int) -> dict:
-        return self.__getitems__([int(index)])[0]

@@ -25,7 +25,7 @@ from losses.huber import huber
 from losses.pretrain import pretrain_losses, stage_mesh
 from losses.reliability import select_reliable, select_reliable_relative
 from losses.spheres import collision_loss, hand_spheres, segment_points
-from models.dual_branch import decode_joints
+from models.dual_branch import NetConfig, decode_joints
 from render.camera import crop_points_norm, uvd_norm_to_xyz_norm
 
 
@@ -74,7 +74,7 @@ def make_teacher(maps: Tensor, render, depth: Tensor, center: Tensor, cube: Tens
                  hand_model, cfg, generator: torch.Generator | None = None) -> Teacher:
     """Teacher targets, boxed crop, segmentation and the two point samples (10.3 pre-processing)."""
     maps = maps.detach()
-    pixel_uvd = decode_joints(maps, depth, cfg)
+    pixel_uvd = decode_joints(maps, depth, NetConfig.from_config(cfg))
     pixel_xyz = uvd_norm_to_xyz_norm(pixel_uvd, center, cube, K_crop)
     joints, verts = render.joints_xyz.detach(), render.verts_xyz.detach()
     boxed = box(depth, joints, center, cube, K_crop, cfg)
@@ -95,7 +95,7 @@ def fitting_terms(render, boxed_render: Tensor, teacher: Teacher, cube: Tensor, 
     render: the stage's HandRender; boxed_render (B, 1, S, S) its rendering in the teacher's box.
     """
     rho = render_residual(teacher.boxed, boxed_render, cfg.fg_threshold_nu)
-    data = data_mesh_distance(teacher.points_all, render.verts_xyz, hand_model.faces)
+    data = data_mesh_distance(teacher.points_all, render.verts_xyz, hand_model.faces, cfg.data_mesh_trim_fraction)
     part, counts = part_mesh_distance(teacher.points_part, teacher.labels_part, render.verts_xyz,
                                       hand_model.part_faces, hand_model.faces)
     terms = {
@@ -111,9 +111,10 @@ def distillation_terms(maps: Tensor, render, depth: Tensor, teacher: Teacher, cf
     """Stage s < S learns from the detached last stage (10.3 stage-1 table), x cfg.w_distill."""
     d = cfg.huber_delta_nu
     w = cfg.w_distill
+    pixel_uvd = decode_joints(maps, depth, NetConfig.from_config(cfg))
     return {
         "distill_maps": w * cfg.w_maps * huber(maps, teacher.maps, d),
-        "distill_pwe_joints": w * cfg.w_pwe_joints * huber(decode_joints(maps, depth, cfg), teacher.pixel_uvd, d),
+        "distill_pwe_joints": w * cfg.w_pwe_joints * huber(pixel_uvd, teacher.pixel_uvd, d),
         "distill_mpe_joints": w * cfg.w_mpe_joints * huber(render.joints_xyz, teacher.pixel_xyz, d),
         "distill_mpe_verts": w * cfg.w_mpe_verts * huber(render.verts_xyz, teacher.verts_xyz, d),
     }
@@ -126,7 +127,7 @@ def inter_branch_terms(maps: Tensor, render, boxed_render: Tensor, depth: Tensor
     Returns the weighted terms and the selection (B, 21) bool.
     """
     d = cfg.huber_delta_nu
-    pixel_uvd = decode_joints(maps, depth, cfg)
+    pixel_uvd = decode_joints(maps, depth, NetConfig.from_config(cfg))
     model_uvd = render.joints_uvd
     eps_depth = intersection_residual(teacher.boxed, boxed_render.detach(), cfg.fg_threshold_nu)
     args = (eps_depth, residuals["data"], residuals["part"], residuals["counts"], teacher.valid_all, cube,

@@ -40,8 +40,7 @@ def hand_box_mask(points_mm: Tensor, joints_mm: Tensor, xy_margin_mm: float, far
 
 
 def apply_hand_box(depth_n: Tensor, joints_xyz_n: Tensor, center: Tensor, cube: Tensor, K_crop: Tensor,
-                   xy_margin_mm: float, far_margin_mm: float, near_margin_mm: float,
-                   fg_threshold: float = 0.99) -> Tensor:
+                   xy_margin_mm: float, far_margin_mm: float, near_margin_mm: float, fg_threshold: float) -> Tensor:
     """Restrict a normalized crop to the hand box of the joints; other pixels become +1.
 
     depth_n (B, 1, S, S), joints_xyz_n (B, J, 3) nu, center/cube (B, 3) mm, K_crop (B, 3, 3).
@@ -83,7 +82,7 @@ def gather_points(values: Tensor, indices: Tensor) -> Tensor:
     return values.gather(1, idx)
 
 
-def render_residual(observed: Tensor, rendered: Tensor, fg_threshold: float = 0.99) -> Tensor:
+def render_residual(observed: Tensor, rendered: Tensor, fg_threshold: float) -> Tensor:
     """rho(b) = sum over U of |x - R| / |U|, U = pixels foreground in either crop (10.3).
 
     observed, rendered (B, 1, S, S) normalized -> (B,) nu; 0 where U is empty.
@@ -93,7 +92,7 @@ def render_residual(observed: Tensor, rendered: Tensor, fg_threshold: float = 0.
     return diff.flatten(1).sum(1) / union.flatten(1).sum(1).clamp_min(1)
 
 
-def intersection_residual(observed: Tensor, rendered: Tensor, fg_threshold: float = 0.99) -> Tensor:
+def intersection_residual(observed: Tensor, rendered: Tensor, fg_threshold: float) -> Tensor:
     """epsilon_depth(b) = sum over I of |x - R| / |U| (10.4), I = foreground in both, U = in either.
 
     observed, rendered (B, 1, S, S) -> (B,) nu; 0 where U is empty.
@@ -103,9 +102,18 @@ def intersection_residual(observed: Tensor, rendered: Tensor, fg_threshold: floa
     return diff.flatten(1).sum(1) / (fo | fr).flatten(1).sum(1).clamp_min(1)
 
 
-def data_mesh_distance(points: Tensor, verts: Tensor, faces: Tensor) -> Tensor:
-    """Mean squared point -> mesh distance (7.2): points (B, N, 3), verts (B, V, 3) nu -> (B,) nu^2."""
-    return point_mesh_sqdist(points, verts, faces).mean(dim=1)
+def data_mesh_distance(points: Tensor, verts: Tensor, faces: Tensor, trim_fraction: float) -> Tensor:
+    """Mean squared point -> mesh distance (7.2) over each sample's (1 - trim_fraction) nearest points:
+    points (B, N, 3), verts (B, V, 3) nu -> (B,) nu^2.
+
+    trim_fraction 0 is the original mean over all points; above 0 the farthest points are left out,
+    so sensor artefacts, clutter inside the hand box and surface the hand model cannot reach do not
+    pull the mesh (a trimmed mean, robust to that share of outliers)."""
+    d = point_mesh_sqdist(points, verts, faces)
+    if trim_fraction > 0:
+        keep = max(1, int(round(d.shape[1] * (1.0 - trim_fraction))))
+        d = d.topk(keep, dim=1, largest=False).values
+    return d.mean(dim=1)
 
 
 def part_mesh_distance(points: Tensor, labels: Tensor, verts: Tensor, part_faces: list[Tensor],

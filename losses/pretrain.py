@@ -18,13 +18,12 @@ import torch
 from torch import Tensor
 
 from config import Config
-from datasets.joints import NUM_JOINTS
+from hand.params import SCALE, SHAPE
+from hand.skeleton import NUM_JOINTS
 from losses.huber import huber
-from models.dual_branch import decode_joints, encode_joints
+from models.dual_branch import NetConfig, decode_joints, encode_joints
 
 ALL_JOINTS = tuple(range(NUM_JOINTS))
-BETA = slice(48, 58)
-SCALE = 58
 
 
 def map_channels(joint_ids: tuple[int, ...], num_joints: int = NUM_JOINTS) -> list[int]:
@@ -48,7 +47,7 @@ def target_maps(ref_depth: Tensor, joints_uvd: Tensor, joint_ids: tuple[int, ...
     if ids != list(ALL_JOINTS):
         full = joints_uvd[:, :1].expand(-1, NUM_JOINTS, 3).clone()
         full[:, ids] = joints_uvd
-    return encode_joints(full, ref_depth, cfg)
+    return encode_joints(full, ref_depth, NetConfig.from_config(cfg))
 
 
 def pwe_terms(maps: Tensor, target: Tensor, ref_depth: Tensor, joints_uvd: Tensor, joint_ids: tuple[int, ...],
@@ -56,7 +55,7 @@ def pwe_terms(maps: Tensor, target: Tensor, ref_depth: Tensor, joints_uvd: Tenso
     """Dense-map and decoded-joint terms; maps, target (B, 84, F, F), joints_uvd (B, len(joint_ids), 3)."""
     maps = maps.float()
     ch = map_channels(joint_ids)
-    pred_uvd = decode_joints(maps, ref_depth, cfg)[:, list(joint_ids)]
+    pred_uvd = decode_joints(maps, ref_depth, NetConfig.from_config(cfg))[:, list(joint_ids)]
     return {"maps": cfg.w_maps * huber(maps[:, ch], target[:, ch], cfg.huber_delta_nu),
             "pwe_joints": cfg.w_pwe_joints * huber(pred_uvd, joints_uvd, cfg.huber_delta_nu)}
 
@@ -64,7 +63,7 @@ def pwe_terms(maps: Tensor, target: Tensor, ref_depth: Tensor, joints_uvd: Tenso
 def prior_terms(params: Tensor, cfg: Config) -> dict[str, Tensor]:
     """Shape prior mean(beta^2) and positive-scale penalty mean(max(-s, 0)) of params (B, 62)."""
     params = params.float()
-    return {"shape_prior": cfg.w_shape_prior * params[:, BETA].square().mean(),
+    return {"shape_prior": cfg.w_shape_prior * params[:, SHAPE].square().mean(),
             "scale": cfg.w_scale * torch.relu(-params[:, SCALE]).mean()}
 
 

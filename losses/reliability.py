@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hand.skeleton import NUM_MANO_JOINTS, TIP_PARENTS
 from losses.fitting import mm_to_nu
 
-NUM_JOINTS = 21
 # joint k = 1..15 is judged by bone k; tips 16..20 inherit the distal bones 3, 6, 9, 12, 15
-JOINT_BONE = tuple(range(1, 16)) + (3, 6, 9, 12, 15)
+JOINT_BONE = tuple(range(1, NUM_MANO_JOINTS)) + TIP_PARENTS
 
 
 def sample_reliable(depth_residual: Tensor, fit_residual: Tensor, valid: Tensor, cube: Tensor,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from datasets.joints import BONE_CHILD
+from hand.skeleton import BONE_CHILD, TIP_PARENTS
 from losses.fitting import mm_to_nu
 
 NUM_SPHERES = 66
@@ -22,10 +22,9 @@ NUM_PALM_SPHERES = 21
 PALM_LINE_ENDS = (1, 4, 7, 10, 13)
 PALM_LINE_T = (0.2, 0.4, 0.6, 0.8)
 BONE_T = (0.0, 1.0 / 3.0, 2.0 / 3.0)
-TIP_RADIUS_SOURCE = (3, 6, 9, 12, 15)  # tips 16..20 take these joints' radii / 1.5
+TIP_RADIUS_SOURCE = TIP_PARENTS  # tips 16..20 take their parent joints' radii / 1.5
 TIP_RADIUS_DIVISOR = 1.5
 RADIUS_NEIGHBOURS = 10
-EXPECTED_ACTIVE_PAIRS = 3408
 
 
 def joint_radii(joints: Tensor, verts: Tensor, regressor_support: list[Tensor]) -> Tensor:

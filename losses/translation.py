@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from losses.huber import huber
+from models.densemap import decode
+
 
 # ---- adversarial (least squares) ------------------------------------------------------------
 def lsgan_generator_loss(pred_fake: Tensor) -> Tensor:
@@ -94,8 +97,6 @@ def pose_consistency(maps: Tensor, reference: Tensor, joints_uvd: Tensor, kappa:
     (B, 1, S, S) used to decode (spec 5.3); joints_uvd (B, J, 3) synthetic labels (nu).  Gradients
     reach G_A through the maps only (the pose network's parameters are frozen by the caller).
     """
-    from losses.huber import huber
-    from models.densemap import decode
     joints = decode(maps, reference, kappa, temperature, fg_threshold)
     return 100.0 * huber(joints, joints_uvd, delta)
 

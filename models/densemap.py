@@ -36,8 +36,7 @@ def reference_cells(ref_depth: Tensor, map_size: int, fg_threshold: float) -> tu
     return torch.cat([uv, d], dim=-1), (d[..., 0] < fg_threshold).to(ref_depth.dtype)
 
 
-def encode(joints_uvd: Tensor, ref_depth: Tensor, map_size: int, kappa: float,
-           fg_threshold: float = 0.99) -> Tensor:
+def encode(joints_uvd: Tensor, ref_depth: Tensor, map_size: int, kappa: float, fg_threshold: float) -> Tensor:
     """Joints (B, J, 3) normalized uvd + reference crop (B, 1, S, S) -> maps (B, 4J, F, F)."""
     B, J, _ = joints_uvd.shape
     cells, fg = reference_cells(ref_depth, map_size, fg_threshold)             # (B,N,3), (B,N)
@@ -50,8 +49,7 @@ def encode(joints_uvd: Tensor, ref_depth: Tensor, map_size: int, kappa: float,
     return torch.cat([offset.reshape(B, 3 * J, map_size, map_size), heat.reshape(B, J, map_size, map_size)], dim=1)
 
 
-def decode(maps: Tensor, ref_depth: Tensor, kappa: float, temperature: float,
-           fg_threshold: float = 0.99) -> Tensor:
+def decode(maps: Tensor, ref_depth: Tensor, kappa: float, temperature: float, fg_threshold: float) -> Tensor:
     """Maps (B, 4J, F, F) + reference crop (B, 1, S, S) -> joints (B, J, 3) normalized uvd.
 
     With all-zero maps every cell votes its own position with equal weight: the result is the

@@ -7,6 +7,7 @@ vertices, the wrist cap and the mm / network-space mappings of spec 3.2.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import warnings
@@ -18,34 +19,20 @@ import torch
 from smplx.lbs import lbs
 from torch import Tensor, nn
 
-from datasets.joints import MANO_PARENTS, TIP_VERTEX_IDS
+from config import Config
+from hand.params import NETWORK_UNIT_MM, NUM_MANO_PARAMS, NUM_PARAMS, POSE, ROTATION, SCALE, SHAPE, TRANSLATION
+from hand.rotations import axis_angle_to_matrix
+from hand.skeleton import MANO_PARENTS, TIP_VERTEX_IDS
+from models.mano_io import load_mano_arrays, validate_mano_arrays
+from models.standin_hand import make_standin_arrays
 
 log = logging.getLogger(__name__)
 
-NETWORK_UNIT_MM = 125.0          # network space: X_n = s * MANO_mm / 125 + t
 MANO_WRIST_LOOP = (121, 214, 215, 279, 239, 234, 92, 38, 122, 118, 117, 119, 120, 108, 79, 78)
 PART_WEIGHT_THRESHOLD = 0.1
 MANO_URL = "https://mano.is.tue.mpg.de"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def axis_angle_to_matrix(rotvec: Tensor) -> Tensor:
-    """Rodrigues map (..., 3) -> (..., 3, 3), exact and differentiable at zero angle.
-
-    R = I + A K + B K^2 with A = sin t / t and B = (1 - cos t) / t^2, replaced by their Taylor
-    series below t^2 = 1e-6 (the division would lose precision and give NaN gradients at 0).
-    """
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(rotvec.shape + (3,))
-    t2 = (rotvec * rotvec).sum(-1)
-    small = t2 < 1e-6
-    t2_safe = torch.where(small, torch.ones_like(t2), t2)
-    t = t2_safe.sqrt()
-    A = torch.where(small, 1 - t2 / 6 + t2 * t2 / 120, torch.sin(t) / t)
-    B = torch.where(small, 0.5 - t2 / 24 + t2 * t2 / 720, (1 - torch.cos(t)) / t2_safe)
-    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    return eye + A[..., None, None] * K + B[..., None, None] * (K @ K)
+HAND_MODEL_KEYS = ("mano_path", "hand_model")   # the settings build_hand_model reads
 
 
 def _boundary_loop(faces: np.ndarray) -> list[int]:
@@ -91,7 +78,6 @@ class HandModel(nn.Module):
 
     def __init__(self, arrays: dict):
         super().__init__()
-        from models.mano_io import validate_mano_arrays
         validate_mano_arrays(arrays, "hand model arrays")
         self.arrays = arrays
         self.is_standin = "standin_version" in arrays
@@ -163,10 +149,11 @@ class HandModel(nn.Module):
 
         Unscaled, untranslated MANO in its own frame (s and t are ignored here).
         """
-        if params.dim() != 2 or params.shape[1] not in (58, 62):
-            raise ValueError(f"hand parameters must be (B, 62) or (B, 58), got {tuple(params.shape)}")
+        if params.dim() != 2 or params.shape[1] not in (NUM_MANO_PARAMS, NUM_PARAMS):
+            raise ValueError(f"hand parameters must be (B, {NUM_PARAMS}) or (B, {NUM_MANO_PARAMS}), "
+                             f"got {tuple(params.shape)}")
         params = params.to(self.v_template.dtype)
-        omega, theta, beta = params[:, :3], params[:, 3:48], params[:, 48:58]
+        omega, theta, beta = params[:, ROTATION], params[:, POSE], params[:, SHAPE]
         with torch.autocast(device_type=params.device.type, enabled=False):  # MANO stays float32
             rotvec = torch.cat([omega[:, None], self.articulation(theta)], dim=1)   # (B, 16, 3)
             rot = axis_angle_to_matrix(rotvec)
@@ -180,14 +167,14 @@ class HandModel(nn.Module):
     def source_space(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """params (B, 62) -> (verts, joints) = s · MANO_mm + t, in mm."""
         verts, joints = self.mano_mm(params)
-        s, t = params[:, 58, None, None].to(verts.dtype), params[:, None, 59:62].to(verts.dtype)
+        s, t = params[:, SCALE, None, None].to(verts.dtype), params[:, None, TRANSLATION].to(verts.dtype)
         return s * verts + t, s * joints + t
 
     def network_space(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """params (B, 62) nu -> (verts, joints) = s · MANO_mm / 125 + t, normalized xyz (nu)."""
         verts, joints = self.mano_mm(params)
-        s = params[:, 58, None, None].to(verts.dtype) / NETWORK_UNIT_MM
-        t = params[:, None, 59:62].to(verts.dtype)
+        s = params[:, SCALE, None, None].to(verts.dtype) / NETWORK_UNIT_MM
+        t = params[:, None, TRANSLATION].to(verts.dtype)
         return s * verts + t, s * joints + t
 
 
@@ -202,17 +189,15 @@ def _resolve(path: str) -> Path | None:
     return None
 
 
-def resolved_hand_model(cfg) -> str:
+def resolved_hand_model(cfg: Config) -> str:
     """cfg.hand_model with 'auto' replaced by what build_hand_model will load: 'mano' or 'standin'."""
     if cfg.hand_model != "auto":
         return cfg.hand_model
     return "mano" if _resolve(cfg.mano_path) is not None else "standin"
 
 
-def build_hand_model(cfg) -> HandModel:
+def build_hand_model(cfg: Config) -> HandModel:
     """The hand layer of a run: MANO from cfg.mano_path, else the generated stand-in hand."""
-    from models.mano_io import load_mano_arrays
-    from models.standin_hand import make_standin_arrays
     choice = cfg.hand_model
     found = _resolve(cfg.mano_path) if choice in ("auto", "mano") else None
     if found is not None:
@@ -228,3 +213,19 @@ def build_hand_model(cfg) -> HandModel:
                       stacklevel=2)
     log.info("hand model: generated stand-in hand")
     return HandModel(make_standin_arrays())
+
+
+@functools.lru_cache(maxsize=1)
+def _standin_arrays() -> dict:
+    return make_standin_arrays()
+
+
+def hand_arrays(cfg: Config, hand_model) -> dict:
+    """The MANO-layout arrays behind `hand_model` (for the pose sampler): its own `.arrays` when it
+    keeps them, else the stand-in or the model file of cfg.mano_path, as `build_hand_model` would."""
+    arrays = getattr(hand_model, "arrays", None)
+    if arrays is not None:
+        return arrays
+    if getattr(hand_model, "is_standin", True):
+        return _standin_arrays()
+    return load_mano_arrays(_resolve(cfg.mano_path))

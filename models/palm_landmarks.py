@@ -18,9 +18,8 @@ hand model alone (never from dataset labels), and computed deterministically at 
    each row sums to 1 (KKT system, float64).  Rows summing to 1 make the map commute with translation
    and scale, so it applies to joints in mm or in normalized units alike, and to both branches.
 
-The NYU 14-joint prediction takes the 11 finger joints and PALM_1 from the joint table
-(`datasets.joints.NYU14.to_network`; PALM_1 = wrist, as the original) and PALM_2/PALM_3 (the entries
-without a network joint) from W; `palm1_from_map=True` uses W's PALM_1 row as well.
+The NYU 14-joint prediction from the network's joints and W is dataset knowledge:
+`datasets.nyu.nyu14_from_network`.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datasets.joints import NYU14
+from hand.params import NUM_POSE_COEFFS, NUM_SHAPE_COEFFS, POSE, ROTATION, SHAPE, identity_params
 
 WRIST_SET_SIZE = 3
 PALM_SET_SIZE = 8
@@ -40,7 +39,6 @@ FIT_SEED = 0
 RIDGE = 1e-4  # relative to the mean diagonal of A^T A
 POSE_COEFF_STD = 0.5  # fallback pose sampler: std of the 45 PCA coefficients
 SHAPE_STD = 1.0
-PALM_NAMES = ("palm_1", "palm_2", "palm_3")
 
 
 @dataclass(frozen=True)
@@ -50,13 +48,6 @@ class PalmLandmarks:
     vertex_sets: tuple[np.ndarray, np.ndarray, np.ndarray]
     palm_map: np.ndarray
     fit_rms_mm: np.ndarray
-
-
-def template_params(n: int = 1, dtype: torch.dtype = torch.float32) -> Tensor:
-    """(n, 62) rows of the template: ω = 0, θ = 0 (mean articulation), β = 0, s = 1, t = 0."""
-    p = torch.zeros(n, 62, dtype=dtype)
-    p[:, 58] = 1.0
-    return p
 
 
 def wrist_ring(faces: np.ndarray, cap_vertex: int) -> np.ndarray:
@@ -95,10 +86,10 @@ def random_pose_rows(n: int, generator: torch.Generator) -> Tensor:
     axis = torch.randn(n, 3, generator=generator, dtype=torch.float64)
     axis = axis / axis.norm(dim=1, keepdim=True)
     angle = math.pi * torch.rand(n, 1, generator=generator, dtype=torch.float64)
-    rows = template_params(n, torch.float64)
-    rows[:, 0:3] = axis * angle
-    rows[:, 3:48] = POSE_COEFF_STD * torch.randn(n, 45, generator=generator, dtype=torch.float64)
-    rows[:, 48:58] = SHAPE_STD * torch.randn(n, 10, generator=generator, dtype=torch.float64)
+    rows = identity_params(n, torch.float64)
+    rows[:, ROTATION] = axis * angle
+    rows[:, POSE] = POSE_COEFF_STD * torch.randn(n, NUM_POSE_COEFFS, generator=generator, dtype=torch.float64)
+    rows[:, SHAPE] = SHAPE_STD * torch.randn(n, NUM_SHAPE_COEFFS, generator=generator, dtype=torch.float64)
     return rows.float()
 
 
@@ -147,7 +138,7 @@ def build_palm_landmarks(hand_model, num_samples: int = FIT_SAMPLES, seed: int =
     pose_rows (n, 62): source-space rows to fit on (e.g. models.pose_sampler); default: the seeded
     fallback sampler `random_pose_rows`.
     """
-    tv, tj = sample_hands(hand_model, template_params(1))
+    tv, tj = sample_hands(hand_model, identity_params(1))
     faces = hand_model.faces.detach().cpu().numpy()
     sets = choose_vertex_sets(tv[0], tj[0], faces)
     if pose_rows is None:
@@ -158,21 +149,3 @@ def build_palm_landmarks(hand_model, num_samples: int = FIT_SAMPLES, seed: int =
     resid = apply_map(joints, palm_map) - targets
     rms = np.sqrt((resid ** 2).sum(-1).mean(0))
     return PalmLandmarks(sets, palm_map, rms)
-
-
-def nyu14_from_network(joints21: Tensor | np.ndarray, palm_map: np.ndarray,
-                       palm1_from_map: bool = False) -> Tensor | np.ndarray:
-    """(B, 21, 3) network joints -> (B, 14, 3) NYU joints in NYU order (any units, any frame).
-
-    Entries with a network joint in NYU14.to_network are copied; PALM_2/PALM_3 (and PALM_1 when
-    palm1_from_map) come from the palm map (3, 21).
-    """
-    palms = apply_map(joints21, palm_map)
-    cols = []
-    for i, j in enumerate(NYU14.to_network):
-        k = i - 11  # palm row
-        if j is None or (palm1_from_map and k >= 0):
-            cols.append(palms[:, k])
-        else:
-            cols.append(joints21[:, j])
-    return torch.stack(cols, dim=1) if isinstance(joints21, Tensor) else np.stack(cols, axis=1)

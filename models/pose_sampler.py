@@ -26,12 +26,12 @@ from torch import Tensor
 
 from smplx.lbs import batch_rigid_transform
 
-from datasets.joints import BONE_CHILD, MANO_PARENTS, TIP_VERTEX_IDS
-from models.mano import axis_angle_to_matrix
+from hand.params import POSE, ROTATION, identity_params
+from hand.rotations import axis_angle_to_matrix, rotation_about_axis
+from hand.skeleton import BONE_CHILD, CHAINS, MANO_PARENTS, TIP_PARENTS, TIP_VERTEX_IDS
 
-NUM_PARAMS = 62
-FINGER_CHAINS = ((1, 2, 3), (4, 5, 6), (7, 8, 9), (10, 11, 12))  # index, middle, pinky, ring
-THUMB_CHAIN = (13, 14, 15)
+FINGER_CHAINS = CHAINS[:4]  # index, middle, pinky, ring
+THUMB_CHAIN = CHAINS[4]
 # Abduction direction of each finger's spread (toward the little finger positive).
 SPREAD_SIGN = (-1.0, -0.15, 1.0, 0.45)
 
@@ -101,13 +101,6 @@ def sample_joint_angles(n: int, generator: torch.Generator) -> Tensor:
     return ang
 
 
-def _rodrigues_np(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Rotation matrices (n, 3, 3) about a unit axis (3,) by angles (n,) radians."""
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    s, c = np.sin(angle)[:, None, None], np.cos(angle)[:, None, None]
-    return np.eye(3) + s * k + (1 - c) * (k @ k)
-
-
 def angles_to_articulation(angles_deg: Tensor, axes: np.ndarray) -> np.ndarray:
     """Joint angles (n, 15, 3) deg about `axes` (15, 3, 3) -> MANO articulation (n, 45) axis-angles.
 
@@ -117,8 +110,8 @@ def angles_to_articulation(angles_deg: Tensor, axes: np.ndarray) -> np.ndarray:
     n = ang.shape[0]
     mats = np.zeros((n, 15, 3, 3))
     for k in range(15):
-        mats[:, k] = (_rodrigues_np(axes[k, 0], ang[:, k, 0]) @ _rodrigues_np(axes[k, 1], ang[:, k, 1])
-                      @ _rodrigues_np(axes[k, 2], ang[:, k, 2]))
+        flex, abd, twist = (rotation_about_axis(axes[k, a], ang[:, k, a]) for a in range(3))
+        mats[:, k] = flex @ abd @ twist
     return Rotation.from_matrix(mats.reshape(-1, 3, 3)).as_rotvec().reshape(n, 45)
 
 
@@ -214,7 +207,7 @@ class PoseSampler:
         rot = axis_angle_to_matrix(rotvec)
         joints, A = batch_rigid_transform(rot, self.rest_joints.expand(n, 16, 3), self.parents,
                                           dtype=torch.float64)
-        tip_T = A[:, [3, 6, 9, 12, 15]]                           # (n, 5, 4, 4)
+        tip_T = A[:, list(TIP_PARENTS)]                           # (n, 5, 4, 4)
         tips = (tip_T[..., :3, :3] @ self.rest_tips[None, :, :, None])[..., 0] + tip_T[..., :3, 3]
         return torch.cat([joints, tips], dim=1)
 
@@ -250,10 +243,9 @@ class PoseSampler:
         else:
             theta = self._articulated_thetas(n, g)
         omega = sample_view_rotation(n, g, self.finger_dir, self.palmar)
-        rows = torch.zeros(n, NUM_PARAMS, dtype=torch.float64)
-        rows[:, :3] = omega
-        rows[:, 3:48] = theta
-        rows[:, 58] = 1.0
+        rows = identity_params(n, torch.float64)
+        rows[:, ROTATION] = omega
+        rows[:, POSE] = theta
         return rows.float()
 
 

@@ -27,7 +27,7 @@ import functools
 import numpy as np
 import torch
 
-from datasets.joints import BONE_CHILD, MANO_PARENTS, TIP_VERTEX_IDS
+from hand.skeleton import BONE_CHILD, MANO_PARENTS, TIP_VERTEX_IDS
 from models.pose_sampler import anatomical_axes, angles_to_articulation, sample_joint_angles
 from models.standin_mesh import build_layout, finalize_mesh, hand_vertices
 

@@ -148,8 +148,7 @@ def normalize_depth(depth_mm: Tensor, center_z: Tensor, cube_z: Tensor) -> Tenso
     return torch.where(background, torch.ones_like(d), d.clamp(min=-1.0))
 
 
-def denormalize_depth(depth_n: Tensor, center_z: Tensor, cube_z: Tensor,
-                      fg_threshold: float = 0.99) -> Tensor:
+def denormalize_depth(depth_n: Tensor, center_z: Tensor, cube_z: Tensor, fg_threshold: float) -> Tensor:
     """Normalized depth -> mm, 0 where the pixel is background (>= fg_threshold)."""
     shape = (-1,) + (1,) * (depth_n.dim() - 1)
     mm = center_z.reshape(shape) + depth_n * 0.5 * cube_z.reshape(shape)
@@ -157,7 +156,7 @@ def denormalize_depth(depth_n: Tensor, center_z: Tensor, cube_z: Tensor,
 
 
 def crop_points_norm(depth_n: Tensor, center: Tensor, cube: Tensor, K_crop: Tensor,
-                     fg_threshold: float = 0.99) -> tuple[Tensor, Tensor]:
+                     fg_threshold: float) -> tuple[Tensor, Tensor]:
     """Point cloud of normalized crops.
 
     depth_n (B, 1, S, S) -> points (B, S*S, 3) in normalized xyz and foreground mask (B, S*S)

@@ -141,7 +141,7 @@ def _kd_groups(cen: Tensor, levels: int) -> Tensor:
 
 
 @torch.no_grad()
-def _nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
+def nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
     """Index (B, P) into `faces` of the triangle nearest to each point p (B, P, 3) of its mesh.
 
     Exact search with pruning, all meshes at once, in chunks of points: (1) squared distances to
@@ -192,7 +192,7 @@ def _nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> T
 
 def _search(pc: Tensor, dg2: Tensor, first_group: Tensor, gr: Tensor, flat: dict, tol: float,
             slack: float) -> Tensor:
-    """Steps (2)-(5) of `_nearest_face` for points pc (N = B*m, 3); dg2 (B, m, G) squared group
+    """Steps (2)-(5) of `nearest_face` for points pc (N = B*m, 3); dg2 (B, m, G) squared group
     distances; first_group (N,) flat id of each point's nearest group.  Returns flat face ids b*F+f."""
     N, dev = pc.shape[0], pc.device
     B, m, G = dg2.shape
@@ -233,7 +233,7 @@ def _padded_sqdist(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> 
     B, P, _ = p.shape
     if P == 0:
         return p.sum(-1) + 0.0 * verts.sum()
-    face = _nearest_face(p.detach(), verts.detach(), faces, chunk_size)  # (B, P)
+    face = nearest_face(p.detach(), verts.detach(), faces, chunk_size)  # (B, P)
     t = verts[torch.arange(B, device=p.device)[:, None, None], faces[face]]  # (B, P, 3, 3)
     return point_triangle_sqdist(p, t[..., 0, :], t[..., 1, :], t[..., 2, :])
 

@@ -10,10 +10,12 @@ A checkpoint is a dict written by `torch.save`:
     extra                                  state of the stage's extra objects (e.g. the translator's pools)
 
 Writes are atomic (temporary file + os.replace) and fsynced; a full disk says so, removes the partial
-file and leaves the previous checkpoint in place.
+file and leaves the previous checkpoint in place.  `ARCHITECTURE_KEYS` are the settings a checkpoint's
+network is rebuilt with (`architecture_config`), whatever the command line says.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import os
@@ -25,6 +27,13 @@ from typing import Iterable
 import numpy as np
 import torch
 from torch import nn
+
+from config import Config
+from models.dual_branch import NET_KEYS
+from models.mano import HAND_MODEL_KEYS
+
+# The settings that define a trained network (NetConfig) and the hand model it was trained with.
+ARCHITECTURE_KEYS = NET_KEYS + HAND_MODEL_KEYS
 
 
 class CheckpointError(RuntimeError):
@@ -127,3 +136,10 @@ def load_weights(model: nn.Module, path: str | Path, identity: dict | None = Non
     model.load_state_dict(usable, strict=False)
     log(f"initialised from {path}: {len(usable)} tensors loaded, {len(missing)} missing, {len(unexpected)} unused")
     return missing, unexpected
+
+
+def architecture_config(cfg: Config, checkpoint_config: dict | None) -> Config:
+    """cfg with the ARCHITECTURE_KEYS of a checkpoint's saved config (the keys it has)."""
+    if not checkpoint_config:
+        return cfg
+    return dataclasses.replace(cfg, **{k: checkpoint_config[k] for k in ARCHITECTURE_KEYS if k in checkpoint_config})

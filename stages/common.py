@@ -17,9 +17,11 @@ from torch import Tensor
 
 from config import Config, ConfigError
 from datasets import build_dataset
+from datasets.simreal import ensure_simreal
 from losses.pretrain import stage_mesh
-from models.dual_branch import DualBranchNet, decode_joints
+from models.dual_branch import DualBranchNet, NetConfig, decode_joints
 from models.mano import build_hand_model
+from models.translator import load_translator, translate
 from render import camera
 from render.hand_renderer import HandRenderer
 from stages import engine
@@ -30,7 +32,7 @@ def build_parts(cfg: Config, device: torch.device):
     """Hand model, renderer and network on `device`: (hand_model, renderer, net)."""
     hand_model = build_hand_model(cfg).to(device)
     renderer = HandRenderer(hand_model)
-    return hand_model, renderer, DualBranchNet(cfg, renderer).to(device)
+    return hand_model, renderer, DualBranchNet(NetConfig.from_config(cfg), renderer).to(device)
 
 
 def build_network(cfg: Config, r: engine.Run, stage: str):
@@ -50,7 +52,6 @@ def ensure_real_data(cfg: Config, r: engine.Run) -> None:
     """Generate the simreal set on first use (main process only; the others wait); other datasets
     are read as they are."""
     if cfg.dataset == "simreal":
-        from datasets.simreal import ensure_simreal
         if r.is_main:
             ensure_simreal(cfg)
         r.barrier()
@@ -74,7 +75,6 @@ def load_transfer(cfg: Config, run: engine.Run):
     if not cfg.transfer_net:
         run.print("transfer_net not set: training runs on untranslated synthetic crops")
         return None
-    from models.translator import load_translator
     run.print(f"synthetic crops are translated by {cfg.transfer_net}")
     return load_translator(cfg.transfer_net, run.device)
 
@@ -83,7 +83,6 @@ def network_input(batch: dict, translator, cfg: Config) -> Tensor:
     """The crop the network sees: the translated clean crop, or the clean crop itself."""
     if translator is None:
         return batch["clean"]
-    from models.translator import translate
     return translate(translator, batch["clean"], cfg.fg_threshold_nu if cfg.gan_snap_background else None)
 
 
@@ -103,9 +102,9 @@ def joint_errors_mm(outs: list, ref_depth: Tensor, center: Tensor, cube: Tensor,
                     gt_xyz_n: Tensor, net_ids: list[int], hand_model, cfg: Config) -> dict[str, Tensor]:
     """Per-(frame, joint) Euclidean errors (B, len(net_ids)) in mm of each stage and branch."""
     gt = camera.norm_to_xyz(gt_xyz_n.float(), center, cube)
-    errs = {}
+    errs, net_cfg = {}, NetConfig.from_config(cfg)
     for s, out in enumerate(outs, start=1):
-        pwe = camera.uvd_norm_to_xyz(decode_joints(out.maps, ref_depth, cfg), center, cube, K_crop)[:, net_ids]
+        pwe = camera.uvd_norm_to_xyz(decode_joints(out.maps, ref_depth, net_cfg), center, cube, K_crop)[:, net_ids]
         mpe = camera.norm_to_xyz(stage_mesh(out, hand_model)[1].float(), center, cube)[:, net_ids]
         errs[f"s{s}_pwe_mm"] = (pwe - gt).norm(dim=-1)
         errs[f"s{s}_mpe_mm"] = (mpe - gt).norm(dim=-1)

@@ -48,8 +48,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from config import Config, ConfigError
+from models.mano import resolved_hand_model
 from stages.checkpoints import CheckpointError, check_hand_model, rng_state, save_checkpoint, set_rng_state
 from stages.rundir import check_out_dir, prepare_out_dir, resume_changes
 
@@ -120,7 +122,6 @@ class Run:
 def setup(cfg: Config) -> Run:
     """Init DDP from torchrun's env (RANK, WORLD_SIZE), pick the device, seed, check out_dir (see the
     module docstring), save the resolved config (config.yaml) and open TensorBoard (rank 0)."""
-    from models.mano import resolved_hand_model
     cfg = dataclasses.replace(cfg, hand_model=resolved_hand_model(cfg))   # record what 'auto' means
     resume_state, to_delete = check_out_dir(cfg)
     changes = resume_changes(resume_state.get("config", {}), cfg, Path(cfg.out_dir) / "latest.pt") \
@@ -361,7 +362,6 @@ def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     cfg.log_interval (prefix 'train/', plus 'train/lr') and images from image_fn(step) -> {tag: (3,H,W)}
     at cfg.image_log_interval.  state_extra: {name: object with state_dict/load_state_dict} saved too.
     """
-    from tqdm import tqdm
     cfg, spe = run.cfg, max(1, steps_per_epoch)
     if total_steps <= 0:
         raise ConfigError(f"{cfg.train_stage}: the schedule has no step (epochs={cfg.epochs}, max_steps={cfg.max_steps})")

@@ -24,12 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from config import Config
-from datasets.joints import JOINT_SETS, NETWORK_PARENTS
+from datasets import build_dataset
+from datasets.common import mirror_uvd
+from datasets.joints import JOINT_SETS
+from datasets.simreal import ensure_simreal
+from hand.skeleton import NETWORK_PARENTS
+from models.palm_landmarks import build_palm_landmarks
 from render import camera
 from stages.metrics import CURVE_MODES, joint_set_name, protocol_errors
-from stages.predict import dataset_joints
+from stages.predict import Predictor, dataset_joints
 from stages.results_io import (plot_curves, save_overlay, write_curves_csv, write_json, write_obj, write_rows,
                                write_uvd_file)
 from stages.score import summarize
@@ -68,9 +74,7 @@ def frame_uvd(xyz_mm: np.ndarray, K: np.ndarray, mirror: bool) -> np.ndarray:
     """Camera mm (N, J, 3) -> full-frame u v d (N, J, 3) with per-frame K (N, 3, 3); un-mirrored
     (u -> 2cx - u, datasets.md / spec 1.5) when the dataset was mirrored."""
     uvd = camera.project(torch.from_numpy(xyz_mm), torch.from_numpy(K)).numpy()
-    if mirror:
-        uvd[..., 0] = 2.0 * K[:, None, 0, 2] - uvd[..., 0]
-    return uvd
+    return mirror_uvd(uvd, K[:, None, 0, 2]) if mirror else uvd
 
 
 def round3(a: np.ndarray) -> np.ndarray:
@@ -81,7 +85,6 @@ def round3(a: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def collect(predictor, loader, mirror: bool, num_crops: int, mesh_dir: Path | None, progress: bool) -> Collected:
     """Run the network over the loader; keep joints in mm, labels, cameras and the first crops."""
-    from tqdm import tqdm
     col = Collected()
     for batch in tqdm(loader, desc="test", disable=not progress, leave=False):
         center, cube, K, A = (batch[k].double() for k in ("center", "cube", "K", "M"))
@@ -196,9 +199,7 @@ def write_frame_list(path: Path, index: np.ndarray, dropped: dict) -> Path:
 
 
 def build_loader(cfg: Config):
-    from datasets import build_dataset
     if cfg.dataset == "simreal":
-        from datasets.simreal import ensure_simreal
         ensure_simreal(cfg)
     ds = build_dataset(cfg, "test", labels=True)
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers), len(ds)
@@ -206,14 +207,12 @@ def build_loader(cfg: Config):
 
 def run(cfg: Config) -> dict:
     """Evaluate cfg.load_model on the test split; print the table, write the files, return metrics."""
-    from stages.predict import Predictor
     predictor = Predictor.from_checkpoint(cfg)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mirror = bool(cfg.mirror)
     palm = None
     if joint_set_name(cfg.dataset) == "nyu":
-        from models.palm_landmarks import build_palm_landmarks
         palm = build_palm_landmarks(predictor.hand_model)
     loader, n = build_loader(cfg)
     print(f"evaluating {cfg.load_model} on {cfg.dataset} test ({n} frames, stage_num={predictor.cfg.stage_num})")

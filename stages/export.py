@@ -34,9 +34,11 @@ from tqdm import tqdm
 from config import Config
 from datasets.common import mirror_frame, mirror_xyz
 from datasets.depth_io import DatasetError
-from datasets.joints import DHG22_FROM_NETWORK, NETWORK_PARENTS
+from datasets.joints import DHG22_FROM_NETWORK
 from datasets.localize import HandTracker, LocalizerSettings
 from datasets.streams import Sequence, folder_sequence, gesture_sequences, read_frame, write_skeletons
+from hand.params import NUM_PARAMS
+from hand.skeleton import NETWORK_PARENTS
 from render import camera
 from stages.predict import Predictor
 
@@ -72,7 +74,7 @@ class SequenceResult:
         self.uvd.append(project_px(xyz, K))
         self.center.append(center if center is not None else np.full(3, np.nan))
         self.located.append(located if located is not None else np.full(3, np.nan))
-        self.params.append(pred["params"] if pred is not None else np.full(62, np.nan))
+        self.params.append(pred["params"] if pred is not None else np.full(NUM_PARAMS, np.nan))
         self.verts.append(None if pred is None else pred.get("verts"))
 
 

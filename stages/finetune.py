@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from config import Config
+from datasets.synthetic import SyntheticHands
 from losses.finetune import real_losses, synthetic_losses
 from render.camera import crop_frame_mask, crop_intrinsics
 from stages import engine
@@ -66,8 +67,6 @@ def validate(model, loader, renderer, hand_model, cfg: Config, run: engine.Run) 
 
 def run(cfg: Config) -> dict:
     """Fine-tune cfg.load_model on synthetic + unlabeled real data; returns the engine's summary."""
-    from datasets.synthetic import SyntheticHands
-
     r = engine.setup(cfg)
     dev, B = r.device, cfg.batch_size
     hand_model, renderer, model = build_network(cfg, r, "finetune")

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.dual_branch import decode_joints
+from config import Config
+from models.dual_branch import NetConfig, decode_joints
 from render.camera import norm_to_crop_px
 
 IMAGE_ROWS = 8          # samples shown per image
@@ -53,8 +54,8 @@ class ImageLog:
     pixel-branch joints | the stage-1 hand rendered into the crop (the stage-2 input, or rendered here
     for one-stage networks).  Only the first IMAGE_ROWS samples are kept, detached."""
 
-    def __init__(self, tag: str, cfg, renderer):
-        self.tag, self.cfg, self.renderer, self.last = tag, cfg, renderer, None
+    def __init__(self, tag: str, cfg: Config, renderer):
+        self.tag, self.net_cfg, self.renderer, self.last = tag, NetConfig.from_config(cfg), renderer, None
 
     def keep(self, outs: list, net_in: Tensor, ref: Tensor, center: Tensor, cube: Tensor, K_crop: Tensor) -> None:
         n = IMAGE_ROWS
@@ -71,5 +72,5 @@ class ImageLog:
         rendered = x["rendered"]
         if rendered is None:
             rendered = self.renderer.render_params(x["params"].float(), x["center"], x["cube"], x["K_crop"]).depth
-        joints = decode_joints(x["maps"].float(), x["ref"], self.cfg)
+        joints = decode_joints(x["maps"].float(), x["ref"], self.net_cfg)
         return {f"{self.tag}/input_joints_render": image_grid(x["net_in"], rendered, joints)}

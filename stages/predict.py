@@ -1,42 +1,36 @@
 """Inference on single frames: a trained network + its hand model, from a checkpoint.
 
 `Predictor.from_checkpoint(cfg)` rebuilds the network with the architecture settings stored in the
-checkpoint (net, stage_num, map and hand-model settings), so `phase=export` needs only
-`load_model=`.  `predict_frame` crops a full depth frame around a centre exactly as the datasets do
-(render/camera.py) and returns the last stage's joints in camera mm.
+checkpoint (`stages.checkpoints.ARCHITECTURE_KEYS`: the NetConfig and hand-model keys), so
+`phase=export` needs only `load_model=`.  `predict_frame` crops a full depth frame around a centre
+exactly as the datasets do (render/camera.py) and returns the last stage's joints in camera mm.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from config import Config
-from models.densemap import decode
+from config import Config, config_fields, make_config
+from datasets.joints import JOINT_SETS
+from datasets.localize import HandTracker, LocalizerSettings
+from datasets.nyu import nyu14_from_network
+from hand.params import NUM_PARAMS
+from models.dual_branch import DualBranchNet, NetConfig, decode_joints
+from models.mano import build_hand_model
+from models.palm_landmarks import build_palm_landmarks
 from render import camera
-
-# Settings that define the trained network; they come from the checkpoint, not the command line.
-ARCHITECTURE_KEYS = ("net", "stage_num", "map_size", "kernel_radius_nu", "softmax_temperature",
-                     "fg_threshold_nu", "mano_path", "hand_model")
-
-
-def network_config(cfg: Config, checkpoint_config: dict | None) -> Config:
-    """cfg with the architecture keys of the checkpoint's config."""
-    if not checkpoint_config:
-        return cfg
-    return dataclasses.replace(cfg, **{k: checkpoint_config[k] for k in ARCHITECTURE_KEYS if k in checkpoint_config})
-
+from render.hand_renderer import HandRenderer
+from stages.checkpoints import architecture_config, check_hand_model, load_checkpoint
+from stages.engine import select_device
+from stages.metrics import joint_set_name
 
 def dataset_joints(net21: np.ndarray, dataset: str, palm_map: np.ndarray | None) -> np.ndarray:
     """(N, 21, 3) network joints -> (N, Jd, 3) in the dataset's joint order (NYU PALM_2/PALM_3 through
     the label-free palm map of models.palm_landmarks)."""
-    from datasets.joints import JOINT_SETS
-    from stages.metrics import joint_set_name
     js = JOINT_SETS[joint_set_name(dataset)]
     if js.name == "nyu":
-        from models.palm_landmarks import nyu14_from_network
         return nyu14_from_network(net21, palm_map)
     return net21[:, list(js.to_network)]
 
@@ -59,10 +53,9 @@ class Predictor:
     def load(path: str | Path, device: str = "auto", **settings) -> "Predictor":
         """A checkpoint's network with the settings it was trained with (cube, localization, branch, ...);
         `settings` override them, e.g. cube_mm=[200, 200, 200], export_branch='mpe'."""
-        from config import _fields, make_config
-        from stages.checkpoints import load_checkpoint
         saved = load_checkpoint(Path(path)).get("config", {})
-        keep = {k: v for k, v in saved.items() if k in _fields() and k not in ("phase", "resume", "overwrite", "config")}
+        keep = {k: v for k, v in saved.items()
+                if k in config_fields() and k not in ("phase", "resume", "overwrite", "config")}
         cfg = make_config([], **{**keep, **settings, "phase": "export", "load_model": str(path), "device": device})
         return Predictor.from_checkpoint(cfg)
 
@@ -75,7 +68,6 @@ class Predictor:
         surface centre, joints21_mm (21, 3) of the network's export_branch,
         joints_mm (Jd, 3) in the checkpoint dataset's joint set, params (62,), verts_mm (V, 3), faces
         (F, 3); NaN arrays (found False) when no hand is found."""
-        from datasets.localize import HandTracker, LocalizerSettings
         K = np.asarray(K, np.float64)
         if center_mm is None:
             tracker = HandTracker((K[0, 0], K[1, 1], K[0, 2], K[1, 2]), LocalizerSettings.from_config(self.cfg), False)
@@ -86,9 +78,8 @@ class Predictor:
         if pred is None:
             nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
             return {"found": False, "center_mm": nan(3), "located_mm": nan(3), "joints21_mm": nan(21, 3), "joints_mm": None,
-                    "params": nan(62), "verts_mm": None, "faces": faces, "localization": how}
+                    "params": nan(NUM_PARAMS), "verts_mm": None, "faces": faces, "localization": how}
         if self._palm_map is None and self.cfg.preset().joint_set == "nyu":
-            from models.palm_landmarks import build_palm_landmarks
             self._palm_map = build_palm_landmarks(self.hand_model).palm_map
         joints = dataset_joints(pred["xyz"][None], self.cfg.dataset, self._palm_map)[0]
         return {"found": True, "center_mm": np.asarray(center_mm, np.float64), "located_mm": np.asarray(located),
@@ -116,22 +107,16 @@ class Predictor:
 
     @staticmethod
     def from_checkpoint(cfg: Config) -> "Predictor":
-        from models.dual_branch import DualBranchNet
-        from models.mano import build_hand_model
-        from render.hand_renderer import HandRenderer
-        from stages.checkpoints import check_hand_model, load_checkpoint
-        from stages.engine import select_device
-
         if not cfg.load_model:
             raise ValueError(f"phase={cfg.phase} needs load_model=<checkpoint .pt>")
         device = select_device(cfg.device)
         ckpt = load_checkpoint(Path(cfg.load_model), map_location="cpu")
-        net_cfg = network_config(cfg, ckpt.get("config"))
-        hand_model = build_hand_model(net_cfg).to(device)
+        arch_cfg = architecture_config(cfg, ckpt.get("config"))
+        hand_model = build_hand_model(arch_cfg).to(device)
         check_hand_model(ckpt, hand_model.identity(), cfg.load_model, cfg.hand_model_check)
-        net = DualBranchNet(net_cfg, HandRenderer(hand_model, size=camera.CROP_SIZE)).to(device)
+        net = DualBranchNet(NetConfig.from_config(arch_cfg), HandRenderer(hand_model, size=camera.CROP_SIZE)).to(device)
         net.load_state_dict(ckpt["model"])
-        return Predictor(net_cfg, net, hand_model, device)
+        return Predictor(arch_cfg, net, hand_model, device)
 
     @torch.no_grad()
     def predict_crops(self, depth_n: torch.Tensor, center: torch.Tensor, cube: torch.Tensor,
@@ -141,8 +126,7 @@ class Predictor:
         depth_n, center, cube, K_crop = (t.to(dev, torch.float32) for t in (depth_n, center, cube, K_crop))
         out = []
         for stage in self.net(depth_n, center, cube, K_crop):
-            uvd = decode(stage.maps, depth_n, self.cfg.kernel_radius_nu, self.cfg.softmax_temperature,
-                         self.cfg.fg_threshold_nu)
+            uvd = decode_joints(stage.maps, depth_n, self.net.net_cfg)
             pwe = camera.uvd_norm_to_xyz(uvd, center, cube, K_crop, depth_n.shape[-1])
             _, joints_nu = self.hand_model.network_space(stage.params)
             mpe = camera.norm_to_xyz(joints_nu, center, cube)

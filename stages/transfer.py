@@ -20,10 +20,20 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from config import Config
+from datasets import build_dataset
+from datasets.synthetic import SyntheticHands
 from losses.translation import (cycle_loss, foreground_consistency, foreground_fidelity, identity_loss,
-                                lsgan_discriminator_loss, lsgan_generator_loss,
+                                lsgan_discriminator_loss, lsgan_generator_loss, pose_consistency,
                                 symmetric_foreground_consistency)
+from models.dual_branch import DualBranchNet, NetConfig
+from models.mano import build_hand_model
 from models.translator import ImagePool, PatchDiscriminator, ResnetGenerator
+from render.camera import CROP_SIZE
+from render.hand_renderer import HandRenderer
+from stages import engine
+from stages.checkpoints import architecture_config, load_checkpoint
+from stages.common import ensure_real_data, finish
+from stages.loaders import BatchStream
 
 ACCEPT_FG_ABS_NU = 0.03     # spec 9.2 acceptance: mean |G_A(x)-x| over the hand mask (nu)
 ACCEPT_LOST_FRAC = 0.05     # spec 9.2 acceptance: fraction of hand pixels turned into background
@@ -155,14 +165,9 @@ def build_pose_term(cfg: Config, renderer, device: torch.device) -> Callable[[di
     if not cfg.gan_pose_net:
         raise ValueError("w_gan_pose > 0 needs gan_pose_net=<checkpoint of a pose network pretrained "
                          "on untranslated synthetic crops>")
-    import dataclasses
-
-    from losses.translation import pose_consistency
-    from models.dual_branch import DualBranchNet
-    from stages.checkpoints import load_checkpoint
     ck = load_checkpoint(cfg.gan_pose_net)
-    arch = {k: ck["config"][k] for k in ("net", "stage_num", "map_size") if k in ck.get("config", {})}
-    net = DualBranchNet(dataclasses.replace(cfg, **arch), renderer).to(device)
+    net_cfg = NetConfig.from_config(architecture_config(cfg, ck.get("config")))
+    net = DualBranchNet(net_cfg, renderer).to(device)
     net.load_state_dict(ck["model"])
     net.eval()
     for p in net.parameters():
@@ -172,7 +177,7 @@ def build_pose_term(cfg: Config, renderer, device: torch.device) -> Callable[[di
         K_crop = batch["M"] @ batch["K"]
         return lambda fake: pose_consistency(
             net(fake, batch["center"], batch["cube"], K_crop)[-1].maps, batch["clean"], batch["joints_uvd"],
-            cfg.kernel_radius_nu, cfg.softmax_temperature, cfg.huber_delta_nu, cfg.fg_threshold_nu)
+            net_cfg.kernel_radius_nu, net_cfg.softmax_temperature, cfg.huber_delta_nu, net_cfg.fg_threshold_nu)
     return for_batch
 
 
@@ -186,14 +191,6 @@ def held_out_synthetic(synth, n: int, seed: int, device: torch.device, chunk: in
 def run(cfg: Config) -> dict:
     """Train the translator; checkpoints out_dir/latest.pt and best.pt (engine format, 'model' holds
     G_A, G_B, D_A, D_B; best = latest step meeting the spec 9.2 acceptance on held-out synthetic crops)."""
-    from datasets import build_dataset
-    from datasets.synthetic import SyntheticHands
-    from models.mano import build_hand_model
-    from render.camera import CROP_SIZE
-    from render.hand_renderer import HandRenderer
-    from stages import engine
-    from stages.common import ensure_real_data, finish
-    from stages.loaders import BatchStream
     run_ = engine.setup(cfg)
     ensure_real_data(cfg, run_)
     dev, B = run_.device, cfg.gan_batch_size

@@ -115,7 +115,7 @@ def test_normalize_depth_rules():
     d = torch.tensor([[0.0, 500.0, 624.99, 625.01, 300.0, 450.0]])
     n = camera.normalize_depth(d, torch.tensor([500.0]), torch.tensor([250.0]))
     torch.testing.assert_close(n, torch.tensor([[1.0, 0.0, 124.99 / 125, 1.0, -1.0, -0.4]]))
-    mm = camera.denormalize_depth(n, torch.tensor([500.0]), torch.tensor([250.0]))
+    mm = camera.denormalize_depth(n, torch.tensor([500.0]), torch.tensor([250.0]), 0.99)
     torch.testing.assert_close(mm[0, [1, 5]], d[0, [1, 5]])
     assert mm[0, 0] == 0 and mm[0, 3] == 0 and mm[0, 2] == 0  # 0.99992 >= fg threshold 0.99
 

@@ -8,7 +8,7 @@ import torch
 from models import densemap
 from render.camera import pixel_grid_norm
 
-S, F, J, KAPPA, T = 128, 64, 21, 0.8, 30.0
+S, F, J, KAPPA, T, FG = 128, 64, 21, 0.8, 30.0, 0.99
 
 
 def _reference_crop(B: int, gen: torch.Generator) -> torch.Tensor:
@@ -43,7 +43,7 @@ def test_channel_layout_matches_definition():
     gen = torch.Generator().manual_seed(1)
     ref = _reference_crop(1, gen)
     joints = _joints_near_foreground(ref, gen)
-    maps = densemap.encode(joints, ref, F, KAPPA)
+    maps = densemap.encode(joints, ref, F, KAPPA, FG)
     assert maps.shape == (1, 4 * J, F, F)
     k, i, j = 7, 30, 35                                     # a foreground cell near the middle
     p = torch.tensor([(2 * j + 1) / F - 1, (2 * i + 1) / F - 1, ref[0, 0, 2 * i, 2 * j].item()], dtype=torch.float64)
@@ -70,15 +70,15 @@ def test_round_trip_within_1e6():
     gen = torch.Generator().manual_seed(2)
     ref = _reference_crop(3, gen)
     joints = _joints_near_foreground(ref, gen)
-    maps = densemap.encode(joints, ref, F, KAPPA)
-    back = densemap.decode(maps, ref, KAPPA, T)
+    maps = densemap.encode(joints, ref, F, KAPPA, FG)
+    back = densemap.decode(maps, ref, KAPPA, T, FG)
     assert (back - joints).abs().max() < 1e-6
 
 
 def test_zero_maps_decode_to_mean_cell_position():
     gen = torch.Generator().manual_seed(3)
     ref = _reference_crop(2, gen)
-    out = densemap.decode(torch.zeros(2, 4 * J, F, F, dtype=torch.float64), ref, KAPPA, T)
+    out = densemap.decode(torch.zeros(2, 4 * J, F, F, dtype=torch.float64), ref, KAPPA, T, FG)
     uv_mean = pixel_grid_norm(F, torch.float64).reshape(-1, 2).mean(0)
     d_mean = ref[:, 0, ::2, ::2].reshape(2, -1).mean(1)
     expect = torch.cat([uv_mean.expand(2, 2), d_mean[:, None]], dim=-1)[:, None].expand(2, J, 3)
@@ -90,5 +90,5 @@ def test_encoding_is_differentiable_in_joints_and_reference():
     gen = torch.Generator().manual_seed(4)
     ref = _reference_crop(1, gen).requires_grad_(True)
     joints = _joints_near_foreground(ref.detach(), gen).requires_grad_(True)
-    densemap.encode(joints, ref, F, KAPPA).square().sum().backward()
+    densemap.encode(joints, ref, F, KAPPA, FG).square().sum().backward()
     assert joints.grad.abs().sum() > 0 and ref.grad.abs().sum() > 0

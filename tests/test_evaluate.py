@@ -61,7 +61,7 @@ def _write_small_nyu(root, n=4, seed=0):
 def e2e(tmp_path_factory):
     if MISSING:
         pytest.skip(f"network/dataset modules not present yet: {', '.join(MISSING)}")
-    from models.dual_branch import DualBranchNet
+    from models.dual_branch import DualBranchNet, NetConfig
     from models.mano import build_hand_model
     from render.hand_renderer import HandRenderer
     tmp = tmp_path_factory.mktemp("eval")
@@ -71,7 +71,7 @@ def e2e(tmp_path_factory):
     train_cfg = make_config(**common)
     torch.manual_seed(0)
     hand = build_hand_model(train_cfg)
-    net = DualBranchNet(train_cfg, HandRenderer(hand, size=128))
+    net = DualBranchNet(NetConfig.from_config(train_cfg), HandRenderer(hand, size=128))
     torch.save({"model": net.state_dict(), "config": train_cfg.to_dict()}, tmp / "tiny.pt")
     cfg = make_config(phase="test", load_model=str(tmp / "tiny.pt"), out_dir=str(tmp / "out"), save_overlays=2,
                       save_meshes=True, **common)
@@ -114,7 +114,7 @@ def test_e2e_mpe_error_recomputed_from_the_parameter_file(e2e):
     """S2-MPE rebuilt independently: params + C + b -> hand model -> mm -> NYU joints vs the labels."""
     cfg, metrics, joints36, hand, tmp = e2e
     from datasets.joints import NYU_EVAL_IDS_36
-    from models.palm_landmarks import nyu14_from_network
+    from datasets.nyu import nyu14_from_network
     rows = np.loadtxt(tmp / "out" / "s2_mpe_params.txt")
     assert rows.shape == (4, 68)
     _, j_nu = hand.network_space(torch.tensor(rows[:, :62], dtype=torch.float32))

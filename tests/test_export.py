@@ -29,13 +29,13 @@ EXPECTED_HOW = ["detected", "tracked", "missing", "detected", "tracked"]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
-    from models.dual_branch import DualBranchNet
+    from models.dual_branch import DualBranchNet, NetConfig
     from models.mano import build_hand_model
     from render.hand_renderer import HandRenderer
     from stages.checkpoints import save_checkpoint
     cfg = make_config(net="tiny", hand_model="standin", device="cpu")
     torch.manual_seed(0)
-    net = DualBranchNet(cfg, HandRenderer(build_hand_model(cfg), size=128))
+    net = DualBranchNet(NetConfig.from_config(cfg), HandRenderer(build_hand_model(cfg), size=128))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, {"model": net.state_dict(), "config": cfg.to_dict(),
                            "hand_model": build_hand_model(cfg).identity()})

@@ -149,7 +149,7 @@ class GuardDataset(torch.utils.data.Dataset):
 def test_finetune_step_runs_changes_weights_and_never_reads_labels(tmp_path, monkeypatch, hand_model):
     import stages.finetune as ft
     from datasets.synthetic import SyntheticHands
-    from models.dual_branch import DualBranchNet
+    from models.dual_branch import DualBranchNet, NetConfig
     from render.hand_renderer import HandRenderer
     from stages.checkpoints import load_checkpoint, save_checkpoint
 
@@ -159,7 +159,7 @@ def test_finetune_step_runs_changes_weights_and_never_reads_labels(tmp_path, mon
     cfg = make_config(args)
     renderer = HandRenderer(hand_model)
     torch.manual_seed(0)
-    net = DualBranchNet(cfg, renderer)
+    net = DualBranchNet(NetConfig.from_config(cfg), renderer)
     save_checkpoint(tmp_path / "init.pt", {"model": net.state_dict()})
     real = SyntheticHands(cfg, hand_model, renderer, "original").batch(4, torch.Generator().manual_seed(5), "cpu")
     calls = []
@@ -193,7 +193,7 @@ def test_t21_real_frames_smoke(shared_data, hand_model):
     from datasets.common import crop_sample, mirror_frame
     from datasets.depth_io import read_nyu_depth, read_png16
     from losses.finetune import real_losses
-    from models.dual_branch import DualBranchNet
+    from models.dual_branch import DualBranchNet, NetConfig
     from render.camera import backproject, crop_frame_mask
     from render.hand_renderer import HandRenderer
 
@@ -220,7 +220,7 @@ def test_t21_real_frames_smoke(shared_data, hand_model):
     cfg = make_config(["net=tiny", "stage_num=2", "hand_model=standin"])
     renderer = HandRenderer(hand_model)
     torch.manual_seed(0)
-    net = DualBranchNet(cfg, renderer)
+    net = DualBranchNet(NetConfig.from_config(cfg), renderer)
     start = torch.zeros(62)
     start[0], start[58] = math.pi, 1.0
     start[59:62] = -hand_model.mano_mm(start[None])[1].mean(dim=1)[0] / 125.0

@@ -9,7 +9,7 @@ from losses.fitting import (apply_hand_box, data_mesh_distance, gather_points, h
                             mm_to_nu, part_mesh_distance, render_residual, sample_indices)
 from render.camera import crop_intrinsics, crop_transform, make_intrinsics, xyz_to_norm
 
-XY, FAR, NEAR = 25.0, 20.0, 40.0
+XY, FAR, NEAR, FG = 25.0, 20.0, 40.0, 0.99
 
 
 def joints_mm() -> torch.Tensor:
@@ -48,7 +48,7 @@ def test_apply_hand_box_on_a_crop():
 
     def boxed(z_mm: float) -> torch.Tensor:
         depth = torch.full((1, 1, 128, 128), (z_mm - 600.0) / 125.0, dtype=torch.float64)
-        return apply_hand_box(depth, j_n, center, cube, Kc, XY, FAR, NEAR)
+        return apply_hand_box(depth, j_n, center, cube, Kc, XY, FAR, NEAR, FG)
 
     fx, cx = float(Kc[0, 0, 0]), float(Kc[0, 0, 2])
     fy, cy = float(Kc[0, 1, 1]), float(Kc[0, 1, 2])
@@ -64,7 +64,7 @@ def test_apply_hand_box_on_a_crop():
     assert torch.all(out[inside] == 0.0)  # kept pixels keep their depth
     # background stays background
     bg = torch.ones(1, 1, 128, 128, dtype=torch.float64)
-    assert torch.equal(apply_hand_box(bg, j_n, center, cube, Kc, XY, FAR, NEAR), bg)
+    assert torch.equal(apply_hand_box(bg, j_n, center, cube, Kc, XY, FAR, NEAR, FG), bg)
 
 
 @pytest.mark.parametrize("n", [1, 100, 2048, 100_000])
@@ -100,11 +100,11 @@ def test_sampling_flags_empty_samples():
 def test_render_residual_union_and_gradient():
     obs = torch.ones(1, 1, 4, 4, dtype=torch.float64)
     obs[0, 0, 0, :2] = torch.tensor([0.1, 0.2])
-    assert float(render_residual(obs, obs.clone())) == 0.0  # the mesh explains the crop exactly
+    assert float(render_residual(obs, obs.clone(), FG)) == 0.0  # the mesh explains the crop exactly
     ren2 = torch.ones(1, 1, 4, 4, dtype=torch.float64)
     ren2[0, 0, 0, 1:3] = torch.tensor([0.3, 0.5])
     ren2.requires_grad_(True)
-    rho = render_residual(obs, ren2)
+    rho = render_residual(obs, ren2, FG)
     # U = 3 pixels: |0.1 - 1| + |0.2 - 0.3| + |1 - 0.5|
     torch.testing.assert_close(rho, torch.tensor([(0.9 + 0.1 + 0.5) / 3], dtype=torch.float64))
     rho.sum().backward()
@@ -134,16 +134,31 @@ def points_on_faces(v, f, n_per_face: int, offset: float = 0.0, seed: int = 0):
 def test_data_mesh_zero_on_surface_and_h2_offset():
     v, f = octahedron()
     p, _ = points_on_faces(v, f, 8)
-    assert float(data_mesh_distance(p.reshape(1, -1, 3), v[None], f)) < 1e-10
+    assert float(data_mesh_distance(p.reshape(1, -1, 3), v[None], f, 0.0)) < 1e-10
     h = 0.004  # well inside the face regions seen from outside: the nearest point is on the own face
     p, _ = points_on_faces(v, f, 8, offset=h)
     verts = v[None].clone().requires_grad_(True)
-    d = data_mesh_distance(p.reshape(1, -1, 3), verts, f)
+    d = data_mesh_distance(p.reshape(1, -1, 3), verts, f, 0.0)
     torch.testing.assert_close(d, torch.tensor([h * h]), rtol=1e-3, atol=1e-9)
     d.sum().backward()
     assert torch.isfinite(verts.grad).all()
     # points outside: descent moves the vertices outward (along +position for this convex shape)
     assert float((verts.grad[0] * v).sum()) < 0
+
+
+def test_trimmed_data_mesh_ignores_the_farthest_points():
+    """90 points on the surface at h and 10 outliers 0.2 nu off: the full mean is pulled to
+    (90 h^2 + 10 * 0.04) / 100, the 10 % trimmed mean is h^2 exactly."""
+    v, f = octahedron()
+    h = 0.004
+    p, _ = points_on_faces(v, f, 12, offset=h)
+    p = p.reshape(-1, 3)[:90]
+    far, _ = points_on_faces(v, f, 2, offset=0.2)
+    pts = torch.cat([p, far.reshape(-1, 3)[:10]])[None]
+    full = float(data_mesh_distance(pts, v[None], f, 0.0))
+    trimmed = float(data_mesh_distance(pts, v[None], f, 0.1))
+    assert abs(full - (90 * h * h + 10 * 0.04) / 100) < 1e-3 * full
+    assert abs(trimmed - h * h) < 1e-3 * h * h
 
 
 def test_part_mesh_distance_per_bone():

@@ -54,7 +54,7 @@ def test_covered_pixels_back_project_onto_the_mesh(hand_model, preset, z):
         assert d2.max() < 0.01 ** 2
     # the float32 renderer output, through the normalized crop and camera.crop_points_norm
     out = HandRenderer(hand_model).render_params(params, center, cube, Kc)
-    pts, fg = camera.crop_points_norm(out.depth, center, cube, Kc)
+    pts, fg = camera.crop_points_norm(out.depth, center, cube, Kc, 0.99)
     for b in range(2):
         d2 = point_mesh_sqdist(pts[b:b + 1, fg[b]].double(), out.verts_xyz[b:b + 1].double(),
                                hand_model.faces)

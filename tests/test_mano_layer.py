@@ -11,8 +11,9 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from config import make_config
-from datasets.joints import TIP_VERTEX_IDS
-from models.mano import HandModel, axis_angle_to_matrix, build_hand_model
+from hand.rotations import axis_angle_to_matrix
+from hand.skeleton import TIP_VERTEX_IDS
+from models.mano import HandModel, build_hand_model
 from models.mano_io import save_mano_npz
 from render.camera import norm_to_xyz
 

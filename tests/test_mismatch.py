@@ -10,11 +10,12 @@ import scipy.io
 import torch
 
 from config import make_config
-from datasets.joints import BONE_CHILD, NYU_EVAL_IDS_36, TIP_VERTEX_IDS
+from datasets.joints import NYU_EVAL_IDS_36
 from datasets.mismatch import MismatchScene, generate_mismatch, nyu36_from_points, subject_hands
 from datasets.mismatch_geometry import model_fit, shape_space_fit, surface_distance, winding_number
 from datasets.mismatch_hand import base_hand, hand_frame, pose_subject
 from datasets.mismatch_scene import StructuredLight, left_projector_shadow, sample_gestures, sense
+from hand.skeleton import BONE_CHILD, TIP_VERTEX_IDS
 from render import camera
 from render.rasterizer import rasterize_depth
 

@@ -8,7 +8,7 @@ import torch
 
 from config import make_config
 from models import densemap
-from models.dual_branch import DualBranchNet, decode_joints
+from models.dual_branch import DualBranchNet, NetConfig, decode_joints
 
 S = 128
 
@@ -43,7 +43,7 @@ def _inputs(B=2, seed=0):
 
 @pytest.mark.parametrize("stages,expected_m", [(1, 15.4), (2, 32.1)])
 def test_resnet18_parameter_count(stages, expected_m):
-    net = DualBranchNet(make_config([], net="resnet18", stage_num=stages), StubRenderer())
+    net = DualBranchNet(NetConfig.from_config(make_config([], net="resnet18", stage_num=stages)), StubRenderer())
     n = sum(p.numel() for p in net.parameters()) / 1e6
     assert abs(n - expected_m) < 0.1
     if stages == 2:
@@ -53,7 +53,7 @@ def test_resnet18_parameter_count(stages, expected_m):
 
 
 def test_initialisation_follows_spec():
-    net = DualBranchNet(make_config([], net="resnet18", stage_num=1))
+    net = DualBranchNet(NetConfig.from_config(make_config([], net="resnet18", stage_num=1)))
     w = net.stem.conv.weight
     assert abs(w.std().item() - (2.0 / (25 * 64)) ** 0.5) < 0.1 * (2.0 / (25 * 64)) ** 0.5
     heads = net.stage1.heads
@@ -66,14 +66,14 @@ def test_initialisation_follows_spec():
 def test_shapes_and_single_rendering_per_forward():
     cfg = make_config([], net="tiny", stage_num=2)
     rend = StubRenderer()
-    net = DualBranchNet(cfg, rend)
+    net = DualBranchNet(NetConfig.from_config(cfg), rend)
     outs = net(*_inputs())
     assert len(outs) == 2 and rend.calls == 1
     for o in outs:
         assert o.maps.shape == (2, 84, 64, 64) and o.params.shape == (2, 62)
     assert outs[0].render is not None and outs[1].render is None
     assert outs[0].render.depth.shape == (2, 1, S, S)
-    joints = decode_joints(outs[1].maps, _inputs()[0], cfg)
+    joints = decode_joints(outs[1].maps, _inputs()[0], NetConfig.from_config(cfg))
     assert joints.shape == (2, 21, 3) and torch.isfinite(joints).all()
     assert "renderer" not in dict(net.named_modules())          # not part of the state_dict
 
@@ -82,7 +82,7 @@ def test_stage2_depends_on_rendering_and_gradients_reach_stage1_through_it():
     torch.manual_seed(0)
     cfg = make_config([], net="tiny", stage_num=2)
     rend = StubRenderer()
-    net = DualBranchNet(cfg, rend).eval()
+    net = DualBranchNet(NetConfig.from_config(cfg), rend).eval()
     x = _inputs()
     a = net(*x)
     rend.scale = 3.0                                            # change only the rendering
@@ -97,10 +97,10 @@ def test_stage2_depends_on_rendering_and_gradients_reach_stage1_through_it():
 
 def test_one_stage_without_renderer_and_two_stages_require_it():
     cfg = make_config([], net="tiny", stage_num=1)
-    outs = DualBranchNet(cfg)(*_inputs())
+    outs = DualBranchNet(NetConfig.from_config(cfg))(*_inputs())
     assert len(outs) == 1 and outs[0].render is None
     with pytest.raises(ValueError, match="renderer"):
-        DualBranchNet(make_config([], net="tiny", stage_num=2))
+        DualBranchNet(NetConfig.from_config(make_config([], net="tiny", stage_num=2)))
 
 
 def test_decode_of_encoded_targets_through_helper():
@@ -109,5 +109,5 @@ def test_decode_of_encoded_targets_through_helper():
     depth[..., 40:90, 40:90] = 0.1
     joints = torch.tensor([[[0.0, 0.0, 0.12], [0.05, -0.1, 0.1]]]).repeat(1, 1, 1)
     joints = torch.cat([joints, joints[:, :1].expand(1, 19, 3)], dim=1)
-    maps = densemap.encode(joints, depth, cfg.map_size, cfg.kernel_radius_nu)
-    assert (decode_joints(maps, depth, cfg) - joints).abs().max() < 1e-5
+    maps = densemap.encode(joints, depth, cfg.map_size, cfg.kernel_radius_nu, cfg.fg_threshold_nu)
+    assert (decode_joints(maps, depth, NetConfig.from_config(cfg)) - joints).abs().max() < 1e-5

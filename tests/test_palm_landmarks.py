@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from datasets.joints import NYU14
+from datasets.nyu import nyu14_from_network
+from hand.params import identity_params
 from models import palm_landmarks as P
 
 
@@ -16,7 +18,7 @@ def palm(hand_model):
 
 @pytest.fixture(scope="module")
 def template(hand_model):
-    v, j = P.sample_hands(hand_model, P.template_params(1))
+    v, j = P.sample_hands(hand_model, identity_params(1))
     return v[0], j[0], hand_model.faces.cpu().numpy()
 
 
@@ -70,12 +72,12 @@ def test_map_commutes_with_translation_and_scale(palm):
 
 def test_nyu14_assembly(palm):
     j = torch.randn(2, 21, 3, dtype=torch.float64)
-    out = P.nyu14_from_network(j, palm.palm_map)
+    out = nyu14_from_network(j, palm.palm_map)
     assert out.shape == (2, 14, 3)
     for i, k in enumerate(NYU14.to_network):
         if k is not None:
             assert torch.equal(out[:, i], j[:, k])
     mapped = P.apply_map(j, palm.palm_map)
     np.testing.assert_allclose(out[:, 12:].numpy(), mapped[:, 1:].numpy(), atol=1e-12)
-    alt = P.nyu14_from_network(j.numpy(), palm.palm_map, palm1_from_map=True)
+    alt = nyu14_from_network(j.numpy(), palm.palm_map, palm1_from_map=True)
     np.testing.assert_allclose(alt[:, 11:], mapped.numpy())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.joints import BONE_CHILD, NETWORK_PARENTS
+from hand.skeleton import BONE_CHILD, NETWORK_PARENTS
 from models.pose_sampler import (PoseSampler, anatomical_axes, angles_to_articulation,
                                  finger_clearance, sample_joint_angles)
 

@@ -53,7 +53,7 @@ def _perfect(cfg, gen):
     uvd = joints.clone()
     uvd[..., 2] = 0.1 * uvd[..., 0]          # on the crop's surface: every joint near a foreground cell
     targets = {"joints_uvd": uvd, "joints_xyz": joints, "verts_xyz": verts}
-    maps = densemap.encode(uvd, ref, cfg.map_size, cfg.kernel_radius_nu)
+    maps = densemap.encode(uvd, ref, cfg.map_size, cfg.kernel_radius_nu, cfg.fg_threshold_nu)
     return hand, ref, params, maps, targets
 
 

@@ -78,7 +78,7 @@ def test_intersection_residual_counts_shared_pixels_over_union():
     obs[0, 0, 0, :3] = torch.tensor([0.1, 0.2, 0.3])  # three observed pixels
     ren[0, 0, 0, 1:4] = torch.tensor([0.0, 0.0, 0.5])  # three rendered pixels, two shared
     # I = pixels 1, 2: |0.2| + |0.3| = 0.5; U = 4 pixels
-    torch.testing.assert_close(intersection_residual(obs, ren), torch.tensor([0.5 / 4]))
+    torch.testing.assert_close(intersection_residual(obs, ren, 0.99), torch.tensor([0.5 / 4]))
 
 
 def relative(c, q=0.5, ceiling=3.0, min_points=0):

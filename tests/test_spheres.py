@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datasets.joints import BONE_CHILD
+from hand.skeleton import BONE_CHILD
 from losses.spheres import (NUM_SPHERES, build_spheres, collision_loss, collision_pair_mask, joint_radii,
                             palm_radius, penetration_sums, segment_points)
 

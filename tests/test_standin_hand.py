@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from datasets.joints import BONE_CHILD, MANO_PARENTS, TIP_VERTEX_IDS
+from hand.skeleton import BONE_CHILD, MANO_PARENTS, TIP_VERTEX_IDS
 from models.mano_io import REQUIRED_SHAPES, validate_mano_arrays
 from models.standin_hand import make_standin_arrays
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.synthetic_dataset import SyntheticDataset
 from config import make_config
-from datasets.synthetic import (SyntheticDataset, SyntheticHands, axis_angle_to_quat, carve_occluders,
-                                compose_global_rotation, off_axis_uv, quat_to_axis_angle, quat_to_matrix,
-                                random_view_quats)
+from datasets.synthetic import SyntheticHands, carve_occluders, off_axis_uv, random_view_quats
+from hand.rotations import axis_angle_to_quat, compose_global_rotation, quat_to_axis_angle, quat_to_matrix
 from render import camera
 
 
@@ -295,8 +295,8 @@ def test_dense_map_round_trip_on_clean_crops(batch_none):
     from models.densemap import decode, encode
     cfg, _, b = batch_none
     uvd, clean = b["joints_uvd"][:24], b["clean"][:24]
-    maps = encode(uvd, clean, cfg.map_size, cfg.kernel_radius_nu)
-    err = (decode(maps, clean, cfg.kernel_radius_nu, cfg.softmax_temperature) - uvd).norm(dim=-1)
+    maps = encode(uvd, clean, cfg.map_size, cfg.kernel_radius_nu, cfg.fg_threshold_nu)
+    err = (decode(maps, clean, cfg.kernel_radius_nu, cfg.softmax_temperature, cfg.fg_threshold_nu) - uvd).norm(dim=-1)
     # joints with a foreground cell within kappa decode to themselves (T6); the worst are off-crop
     assert err.median() < 1e-3
     assert (err < 1e-2).float().mean() > 0.95

@@ -157,7 +157,7 @@ def test_pose_consistency_exact_maps_and_gradient_to_generator_only():
     x = blob_crops(2, 32)
     g = torch.Generator().manual_seed(1)
     joints = torch.cat([torch.rand(2, 21, 2, generator=g) * 0.4 - 0.2, torch.zeros(2, 21, 1)], -1)
-    maps = encode(joints, x, 16, 0.8)
+    maps = encode(joints, x, 16, 0.8, FG)
     assert pose_consistency(maps, x, joints, 0.8, 30.0, 0.01, FG).item() < 1e-3
     G = ResnetGenerator(ngf=2, n_blocks=1)
     pose_net = nn.Conv2d(1, 84, 2, stride=2)
@@ -294,21 +294,13 @@ class _FakeHandModel(nn.Identity):
 
 
 def test_stage_runs_checkpoints_and_resumes(tmp_path, monkeypatch):
-    import sys
-    import types
-
-    import datasets
-    import datasets.synthetic
-    from stages import transfer
-    mano, rend = types.ModuleType("models.mano"), types.ModuleType("render.hand_renderer")
-    mano.build_hand_model = lambda cfg: _FakeHandModel()
-    mano.resolved_hand_model = lambda cfg: "standin"
-    rend.HandRenderer = lambda hand, size: None
-    monkeypatch.setitem(sys.modules, "models.mano", mano)
-    monkeypatch.setitem(sys.modules, "render.hand_renderer", rend)
-    monkeypatch.setattr(datasets.synthetic, "SyntheticHands", _FakeHands)
+    from stages import engine, transfer
+    monkeypatch.setattr(transfer, "build_hand_model", lambda cfg: _FakeHandModel())
+    monkeypatch.setattr(engine, "resolved_hand_model", lambda cfg: "standin")
+    monkeypatch.setattr(transfer, "HandRenderer", lambda hand, size: None)
+    monkeypatch.setattr(transfer, "SyntheticHands", _FakeHands)
     real = [{"depth": blob_crops(1, 32, 100 + i)[0].clamp(max=0.995)} for i in range(4)]
-    monkeypatch.setattr(datasets, "build_dataset", lambda cfg, split, labels: real)
+    monkeypatch.setattr(transfer, "build_dataset", lambda cfg, split, labels: real)
     args = dict(train_stage="transfer", dataset="nyu", out_dir=str(tmp_path / "run"), device="cpu", num_workers=0, progress=False,
                 gan_batch_size=2, gan_epochs_constant=1, gan_epochs_decay=2, val_size=4, log_interval=1,
                 image_log_interval=2)

@@ -1,0 +1,1 @@
+"""Benchmarks and experiment scripts (run as `python bench/<script>.py`) and their helpers."""
