@@ -7,10 +7,10 @@ joint's bone fits its labelled points.
 * absolute (the original): the residuals must lie under fixed thresholds, Config values in mm
   converted per sample with the cube (depth in nu, squared residuals in nu^2).  Tuned to a near
   perfect fit: with a hand that is not the model, or a noisy sensor, it selects nothing.
-* relative (`select_reliable_relative`): "good" means good for this data: a sample passes when both
-  of its residuals are at most the batch's `quantile` of them (over valid samples), a bone when its
-  residual is at most that quantile of the bone's residuals over the selected samples; both must
-  also stay under `ceiling` times the absolute thresholds, so a batch of failed fits selects nothing.
+* relative (`select_reliable_relative`): "good" means good for this data: a sample passes when it
+  passes the absolute test, or when both of its residuals are at most the batch's `quantile` of them
+  (over valid samples) and under `ceiling` times the absolute thresholds (a batch of failed fits
+  selects nothing); a bone likewise, against the bone's residuals over the selected samples.
 """
 from __future__ import annotations
 
@@ -83,11 +83,13 @@ def select_reliable_relative(depth_residual: Tensor, fit_residual: Tensor, bone_
         cap_depth = mm_to_nu(ceiling * depth_mm, cube)
         cap_fit = mm_to_nu(ceiling * fit_rms_mm, cube) ** 2
         ok = valid & (depth_residual < cap_depth) & (fit_residual < cap_fit)
-        samples = ok & (depth_residual <= _quantile_of(depth_residual, ok, quantile)) \
-            & (fit_residual <= _quantile_of(fit_residual, ok, quantile))
+        absolute = sample_reliable(depth_residual, fit_residual, valid, cube, depth_mm, fit_rms_mm)
+        samples = absolute | (ok & (depth_residual <= _quantile_of(depth_residual, ok, quantile))
+                              & (fit_residual <= _quantile_of(fit_residual, ok, quantile)))
         has = bone_counts >= max(1, min_bone_points)
         candidates = samples[:, None] & has & (bone_residual < cap_fit[:, None])
-        bones = candidates & (bone_residual <= _quantile_of(bone_residual, candidates, quantile)[None])
+        bone_absolute = bone_residual < (mm_to_nu(fit_rms_mm, cube) ** 2)[:, None]
+        bones = candidates & (bone_absolute | (bone_residual <= _quantile_of(bone_residual, candidates, quantile)[None]))
         if min_bone_points == 0:      # the original's rule: an empty bone does not disqualify its joint
             bones = bones | (samples[:, None] & ~has)
         return samples[:, None] & joints_from_bones(bones), samples

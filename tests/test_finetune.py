@@ -90,7 +90,9 @@ def test_perturbed_stage_one_costs_with_finite_gradients(scene):
 def test_one_stage_variant_and_unreliable_fit(scene):
     s = scene
     p = s.params.clone()
-    p[:, 61] += 0.08  # 10 mm too far: the fit is unreliable, nothing taught model -> pixel
+    p[:, 61] += 0.08  # 10 mm too far: the original's absolute gate calls the fit unreliable
+    import dataclasses
+    s = SimpleNamespace(**{**vars(s), "cfg": dataclasses.replace(s.cfg, reliability_mode="absolute")})
     terms, stats = losses_of(s, stage_outputs(s, [p]))
     assert set(k.split("_", 1)[1] for k in terms) >= {"render", "data_mesh", "part_mesh", "collision",
                                                       "pixel_to_model", "model_to_pixel"}

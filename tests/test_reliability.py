@@ -104,9 +104,15 @@ def test_relative_gate_selects_the_batch_best_fits_under_the_ceiling():
     assert not samples.any() and not sel.any()
 
 
+def test_relative_gate_keeps_what_the_absolute_gate_passes():
+    """A batch of perfect fits passes whole (the absolute test), not only its better half."""
+    sel, samples = relative(case(4))
+    assert samples.all() and sel.all()
+
+
 def test_relative_gate_judges_each_bone_against_its_batch():
     c = case(4)
-    c["bone_residual"][:, 4] = torch.tensor([1.0, 2.0, 3.0, 4.0]) * 1e-4   # bone 5 (middle MCP-PIP)
+    c["bone_residual"][:, 4] = torch.tensor([1.5, 2.0, 3.0, 4.0]) * 1e-3   # bone 5, all above the absolute 1e-3
     sel, samples = relative(c)
     assert samples.all()
     assert sel[:, 5].tolist() == [True, True, False, False]    # joint 5 follows bone 5: the better half
