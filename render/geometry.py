@@ -8,20 +8,17 @@
   and its barycentrics l_i held fixed (envelope theorem: d/dp = 2(p - q), d/dv_i = -2 l_i (p - q)),
   exact wherever the distance is differentiable; only the winning triangle of each point receives
   gradient.
-* Speed and memory: the nearest face is searched without gradient, pruning with exact bounds.
-  Faces are grouped (Morton order of their centroids) into small groups with bounding spheres; a
-  point only tests groups whose sphere is no farther than an on-mesh upper bound of its distance,
-  then only faces whose bounding sphere passes the same test, then the exact distance.  Points are
-  processed in chunks of `chunk_size`, so memory is O(chunk_size * groups) + O(candidate pairs).
+* Speed and memory: the nearest face is searched without gradient, pruning with exact bounds: the
+  distances of a chunk of points to all face centroids come from one matmul (cheap for hand meshes,
+  F ~ 1.5k; the cost is O(P * F)), an on-mesh upper bound U per point from the face of nearest
+  centroid, then exact distances only to the faces whose bounding sphere and plane come within U.
+  Points are processed in chunks of `chunk_size`, so memory is O(chunk_size * F) + O(candidate pairs).
+  The part-aware search (7.3) is the same pass with a label -> allowed-faces table.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
-
-GROUP_SIZE = 8
-
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1)
@@ -120,36 +117,18 @@ def point_triangle_sqdist(p: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return _dot(p - q, p - q)
 
 
-def _kd_groups(cen: Tensor, levels: int) -> Tensor:
-    """Face ids (B, 2**levels, g) in compact spatial groups, per mesh.
-
-    cen (B, F, 3) face centroids.  The F ids are padded cyclically to 2**levels * g slots, then
-    split `levels` times at the median along each segment's longest axis (one batched sort per
-    level), so every group holds g faces that are close in that mesh's pose.
-    """
-    B, F, _ = cen.shape
-    G = 2 ** levels
-    g = -(-F // G)
-    ids = (torch.arange(G * g, device=cen.device) % F).expand(B, -1)
-    for level in range(levels):
-        seg = G * g >> level
-        c = torch.gather(cen, 1, ids[..., None].expand(-1, -1, 3)).view(B, 1 << level, seg, 3)
-        axis = (c.amax(2) - c.amin(2)).argmax(-1)  # (B, segments)
-        key = torch.gather(c, 3, axis[:, :, None, None].expand(-1, -1, seg, 1))[..., 0]
-        ids = torch.gather(ids.view(B, 1 << level, seg), 2, key.argsort(-1)).view(B, G * g)
-    return ids.view(B, G, g)
-
-
 @torch.no_grad()
-def nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
+def nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int, labels: Tensor | None = None,
+                 allowed: Tensor | None = None) -> Tensor:
     """Index (B, P) into `faces` of the triangle nearest to each point p (B, P, 3) of its mesh.
 
-    Exact search with pruning, all meshes at once, in chunks of points: (1) squared distances to
-    the G group centres (one batched matmul, rounding slack added); (2) upper bound U0 = nearest centroid of the
-    nearest group; (3) groups whose sphere is within U0; (4) their faces: lower bound
-    max(bounding sphere, plane) and the exact distance to the face of nearest centroid -> tight upper
-    bound U; (5) exact distances of the faces whose lower bound <= U and the minimum (ties ->
-    smallest face index).  Centroids lie on the mesh, so U0 and U are true upper bounds.
+    labels (B, P) long + allowed (L, F) bool restrict point i to the faces f with allowed[labels[i], f]
+    (the part-aware search of spec 7.3 in the same pass); a point whose row allows no face gets index 0.
+    Exact search, all meshes at once, in chunks of `chunk_size` points (memory O(chunk_size * F)):
+    (1) squared distances to all face centroids by one batched matmul (expanded form, its rounding
+    bounded by `slack`); (2) an upper bound U = exact distance to the face of nearest centroid
+    (centroids lie on the mesh); (3) candidates = faces whose bounding sphere and plane come within U;
+    (4) their exact distances and the minimum, ties -> smallest face index.
     """
     B, P, _ = p.shape
     F, dev = faces.shape[0], verts.device
@@ -163,82 +142,66 @@ def nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Te
     # unit normals; (nearly) degenerate faces get 0, i.e. the trivial plane bound 0
     nrm = torch.where(nn > 1e-2 * rad[..., None] ** 2, n / nn.clamp(min=1e-30), torch.zeros_like(n))
     tol = 1e-5 * verts.abs().amax().item() + 1e-30
-    levels = max(0, int(np.ceil(np.log2(F / GROUP_SIZE)))) if F > GROUP_SIZE else 0
-    gfaces = _kd_groups(cen, levels)  # (B, G, g)
-    G, g = gfaces.shape[1:]
-    gcen_f = torch.gather(cen, 1, gfaces.view(B, -1, 1).expand(-1, -1, 3)).view(B, G, g, 3)
-    gc = gcen_f.mean(2)
-    grad_f = torch.gather(rad, 1, gfaces.view(B, -1)).view(B, G, g)
-    gr = ((gcen_f - gc[:, :, None]).norm(dim=-1) + grad_f).amax(-1)  # (B, G)
-    gcn = (gc * gc).sum(-1)  # (B, G)
+    cn = (cen * cen).sum(-1)  # (B, F)
     eps = torch.finfo(p.dtype).eps
-    flat = dict(tri=tri.reshape(B * F, 3, 3), cen=cen.reshape(B * F, 3), rad=rad.reshape(-1),
-                nrm=nrm.reshape(B * F, 3), gfaces=(gfaces + F * torch.arange(B, device=dev)[:, None, None]
-                                                   ).reshape(B * G, g))
+    mesh = dict(tri=tri.reshape(B * F, 3, 3), rad=rad, nrm=nrm.reshape(B * F, 3))
     out = torch.empty(B, P, dtype=torch.long, device=dev)
     step = max(1, chunk_size // max(B, 1))
     for s in range(0, P, step):
         pc = p[:, s:s + step]
-        m = pc.shape[1]
         pn = (pc * pc).sum(-1)  # (B, m)
-        dg2 = torch.baddbmm(pn[:, :, None] + gcn[:, None, :], pc, gc.transpose(1, 2), alpha=-2.0)  # (B, m, G)
+        d2c = torch.baddbmm(pn[:, :, None] + cn[:, None, :], pc, cen.transpose(1, 2), alpha=-2.0)  # (B, m, F)
+        if labels is not None:
+            d2c.masked_fill_(~allowed[labels[:, s:s + step]], float("inf"))
         # rounding of the expanded form: |err| <= 16 eps (|p|^2 + |c|^2), added to the reach
-        slack = 16 * eps * (pn.amax().item() + gcn.amax().item())
-        gbase = G * torch.arange(B, device=dev)[:, None]
-        out[:, s:s + m] = _search(pc.reshape(B * m, 3), dg2, (dg2.argmin(-1) + gbase).reshape(-1),
-                                  gr, flat, tol, slack).view(B, m) - F * torch.arange(B, device=dev)[:, None]
+        slack = 16 * eps * (pn.amax().item() + cn.amax().item())
+        out[:, s:s + step] = _refine(pc, d2c, mesh, tol, slack)
     return out
 
 
-def _search(pc: Tensor, dg2: Tensor, first_group: Tensor, gr: Tensor, flat: dict, tol: float,
-            slack: float) -> Tensor:
-    """Steps (2)-(5) of `nearest_face` for points pc (N = B*m, 3); dg2 (B, m, G) squared group
-    distances; first_group (N,) flat id of each point's nearest group.  Returns flat face ids b*F+f."""
-    N, dev = pc.shape[0], pc.device
-    B, m, G = dg2.shape
-    gfaces, cen, rad, nrm, tri = flat["gfaces"], flat["cen"], flat["rad"], flat["nrm"], flat["tri"]
-    g = gfaces.shape[1]
-    first = gfaces.index_select(0, first_group)  # (N, g)
-    ub0 = (pc[:, None] - cen.index_select(0, first.reshape(-1)).view(N, g, 3)).norm(dim=-1).amin(1)
-    reach = (ub0.view(B, m, 1) * (1 + 1e-6) + tol + gr[:, None, :]).square_().add_(slack)
-    b, i, gi = torch.nonzero(dg2 <= reach, as_tuple=True)  # candidate groups
-    pi = (b * m + i).repeat_interleave(g)
-    fi = gfaces.index_select(0, b * G + gi).reshape(-1)
-    pp = pc.index_select(0, pi)
-    dpf = (pp - cen.index_select(0, fi)).norm(dim=-1)
-    lb = torch.maximum(dpf - rad.index_select(0, fi),
-                       ((pp - tri[:, 0].index_select(0, fi)) * nrm.index_select(0, fi)).sum(-1).abs())
-    near = torch.full((N,), float("inf"), dtype=pc.dtype, device=dev)
-    near.scatter_reduce_(0, pi, dpf, reduce="amin")
-    sel = torch.nonzero(dpf == near.index_select(0, pi), as_tuple=True)[0]
-    t = tri.index_select(0, fi.index_select(0, sel))
-    d_sel = point_triangle_sqdist(pp.index_select(0, sel), t[:, 0], t[:, 1], t[:, 2]).sqrt()
-    ub = torch.full((N,), float("inf"), dtype=pc.dtype, device=dev)
-    ub.scatter_reduce_(0, pi.index_select(0, sel), d_sel, reduce="amin")
-    keep = torch.nonzero(lb <= ub.index_select(0, pi) * (1 + 1e-6) + tol, as_tuple=True)[0]
+def _refine(pc: Tensor, d2c: Tensor, mesh: dict, tol: float, slack: float) -> Tensor:
+    """Steps (2)-(4) of `nearest_face` for points pc (B, m, 3) with squared centroid distances d2c
+    (B, m, F) (inf = face not allowed).  Returns face ids (B, m) (0 where no face is allowed)."""
+    B, m, F = d2c.shape
+    dev, tri, rad, nrm = pc.device, mesh["tri"], mesh["rad"], mesh["nrm"]
+    N = B * m
+    base = F * torch.arange(B, device=dev)[:, None]
+    pts = pc.reshape(N, 3)
+    first = (d2c.argmin(-1) + base).reshape(-1)  # face of nearest centroid, flat id b*F+f
+    t = tri.index_select(0, first)
+    ub = point_triangle_sqdist(pts, t[:, 0], t[:, 1], t[:, 2]).sqrt() * (1 + 1e-6) + tol  # (N,)
+    reach = (ub.view(B, m, 1) + rad[:, None, :]).square_().add_(slack)
+    b, i, f = torch.nonzero(d2c <= reach, as_tuple=True)  # sphere test (never passes inf)
+    pi, fi = b * m + i, f + b * F
+    pp = pts.index_select(0, pi)
+    plane = ((pp - tri[:, 0].index_select(0, fi)) * nrm.index_select(0, fi)).sum(-1).abs()
+    keep = torch.nonzero(plane <= ub.index_select(0, pi), as_tuple=True)[0]
     pi, fi = pi.index_select(0, keep), fi.index_select(0, keep)
     t = tri.index_select(0, fi)
     d2 = point_triangle_sqdist(pp.index_select(0, keep), t[:, 0], t[:, 1], t[:, 2])
     best = torch.full((N,), float("inf"), dtype=pc.dtype, device=dev)
     best.scatter_reduce_(0, pi, d2, reduce="amin")
     win = d2 == best.index_select(0, pi)
-    big = tri.shape[0]
+    big = B * F
     fbest = torch.full((N,), big, dtype=torch.long, device=dev)
     fbest.scatter_reduce_(0, pi, torch.where(win, fi, torch.full_like(fi, big)), reduce="amin")
-    return fbest
+    fbest = fbest.view(B, m)
+    return torch.where(fbest < big, fbest - base, torch.zeros_like(fbest))
 
 
-def _padded_sqdist(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int) -> Tensor:
-    """Differentiable squared distance (B, P) of points p (B, P, 3) to meshes (verts, faces)."""
+def _padded_sqdist(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int, labels: Tensor | None = None,
+                   allowed: Tensor | None = None) -> Tensor:
+    """Differentiable squared distance (B, P) of points p (B, P, 3) to meshes (verts, faces)
+    (restricted per point by labels/allowed as in `nearest_face`)."""
     B, P, _ = p.shape
     if P == 0:
         return p.sum(-1) + 0.0 * verts.sum()
-    face = nearest_face(p.detach(), verts.detach(), faces, chunk_size)  # (B, P)
+    face = nearest_face(p.detach(), verts.detach(), faces, chunk_size, labels, allowed)  # (B, P)
     t = verts[torch.arange(B, device=p.device)[:, None, None], faces[face]]  # (B, P, 3, 3)
     return point_triangle_sqdist(p, t[..., 0, :], t[..., 1, :], t[..., 2, :])
 
 
-def point_mesh_sqdist(points: Tensor, verts: Tensor, faces: Tensor, chunk_size: int = 16384) -> Tensor:
+def point_mesh_sqdist(points: Tensor, verts: Tensor, faces: Tensor, chunk_size: int = 2048) -> Tensor:
     """Squared distance from each point to the closest triangle of its mesh.
 
     points (B, P, 3), verts (B, V, 3) (any unit; same for both), faces (F, 3) long -> (B, P),
@@ -252,7 +215,7 @@ def point_mesh_sqdist(points: Tensor, verts: Tensor, faces: Tensor, chunk_size: 
 
 
 def part_point_mesh_sqdist(points: Tensor, labels: Tensor, verts: Tensor, part_faces: list[Tensor],
-                           faces: Tensor | None = None, chunk_size: int = 16384) -> tuple[Tensor, Tensor]:
+                           faces: Tensor | None = None, chunk_size: int = 2048) -> tuple[Tensor, Tensor]:
     """Part-aware distance (spec 7.3): each point labelled k = 1..15 against the faces of part k.
 
     points (B, P, 3), labels (B, P) long in 0..15 (0 = palm: not a part, ignored), verts (B, V, 3).
@@ -260,34 +223,41 @@ def part_point_mesh_sqdist(points: Tensor, labels: Tensor, verts: Tensor, part_f
     indices into `faces` (F, 3) (e.g. HandModel.part_faces with faces=HandModel.faces).
     Returns (means (B, 15), counts (B, 15)): column k-1 = sum of squared distances of the points
     labelled k divided by the number of those points with non-zero distance (0 if none), and
-    counts = number of points labelled k (long).
+    counts = number of points labelled k (long).  One search for all parts (`nearest_face` with a
+    part -> face table).
     """
     if len(part_faces) != 15:
         raise ValueError(f"part_faces must hold 15 face sets, got {len(part_faces)}")
-    B, P, _ = points.shape
-    dev = points.device
-    zero = points.new_zeros(B) + 0.0 * verts.sum()
-    sums, nonzero, counts = [], [], []
-    for k in range(1, 16):
-        pf = part_faces[k - 1].to(device=verts.device, dtype=torch.long)
-        if pf.dim() == 1:
-            if faces is None:
-                raise ValueError("part_faces given as face indices: pass faces=(F, 3)")
-            pf = faces.to(device=verts.device, dtype=torch.long).index_select(0, pf)
-        mask = labels == k  # (B, P)
-        cnt = mask.sum(1)
-        counts.append(cnt)
-        pm = int(cnt.max())
-        if pm == 0 or pf.shape[0] == 0:
-            sums.append(zero)
-            nonzero.append(torch.zeros_like(cnt))
-            continue
-        # the points labelled k of each sample, packed to the left of a (B, pm) layout
-        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :pm]
-        valid = torch.arange(pm, device=dev)[None] < cnt[:, None]
-        pk = torch.gather(points, 1, order[..., None].expand(-1, -1, 3))
-        d2 = torch.where(valid, _padded_sqdist(pk, verts, pf, chunk_size), torch.zeros_like(pk[..., 0]))
-        sums.append(d2.sum(1))
-        nonzero.append(((d2.detach() > 0) & valid).sum(1))
-    means = torch.stack(sums, 1) / torch.stack(nonzero, 1).clamp(min=1).to(points.dtype)
-    return means, torch.stack(counts, 1)
+    mesh_faces, allowed = _part_table(part_faces, faces, verts.device)
+    labels = labels.to(device=points.device, dtype=torch.long)
+    counts = torch.stack([(labels == k).sum(1) for k in range(1, 16)], 1)
+    if mesh_faces.shape[0] == 0 or points.shape[1] == 0:
+        zero = points.new_zeros(points.shape[0], 15) + 0.0 * verts.sum()
+        return zero, counts
+    d2 = _padded_sqdist(points, verts, mesh_faces, chunk_size, labels, allowed)
+    used = (labels >= 1) & allowed.any(1)[labels]       # a part with points and faces
+    d2 = torch.where(used, d2, torch.zeros_like(d2))
+    one_hot = torch.nn.functional.one_hot(labels, 16)[..., 1:].to(d2.dtype)  # (B, P, 15)
+    sums = torch.einsum("bp,bpk->bk", d2, one_hot)
+    nonzero = torch.einsum("bp,bpk->bk", ((d2.detach() > 0) & used).to(d2.dtype), one_hot)
+    return sums / nonzero.clamp(min=1), counts
+
+
+def _part_table(part_faces: list[Tensor], faces: Tensor | None, device) -> tuple[Tensor, Tensor]:
+    """(faces (F, 3), allowed (16, F) bool): the triangles searched and which of them each label
+    may use (row 0 = palm: none).  Index form: the mesh's faces; triangle form: the parts' triangles
+    concatenated (so ties keep each part's own order)."""
+    parts = [pf.to(device=device, dtype=torch.long) for pf in part_faces]
+    if all(pf.dim() == 1 for pf in parts):
+        if faces is None:
+            raise ValueError("part_faces given as face indices: pass faces=(F, 3)")
+        mesh_faces = faces.to(device=device, dtype=torch.long)
+        allowed = torch.zeros(16, mesh_faces.shape[0], dtype=torch.bool, device=device)
+        for k, pf in enumerate(parts, start=1):
+            allowed[k, pf] = True
+        return mesh_faces, allowed
+    tris = [pf.reshape(-1, 3) for pf in parts]
+    sizes = torch.tensor([t.shape[0] for t in tris], device=device)
+    owner = torch.repeat_interleave(torch.arange(1, 16, device=device), sizes)
+    allowed = owner[None, :] == torch.arange(16, device=device)[:, None]
+    return torch.cat(tris), allowed

@@ -3,8 +3,14 @@ self-supervision experiment.
 
 The same network and losses as pretraining (`losses.pretrain.pretrain_losses`) on
 build_dataset(cfg, 'train', labels=True); the dataset's joints map to network joints through
-JOINT_SETS[...].to_network (joints without a counterpart are skipped); no vertex term; validation
-(mean joint error, mm) on the 'val' split; best.pt by the last stage's PWE error.
+JOINT_SETS[...].to_network; no vertex term; validation (mean joint error, mm) on the 'val' split;
+best.pt by the last stage's PWE error.
+
+Dataset joints without a network counterpart (NYU's PALM_2, PALM_3) are predicted at evaluation by
+the fixed palm map of `models.palm_landmarks` (a linear combination of the 21 network joints); they
+are trained here through that same map, with the joint weights (w_pwe_joints on the pixel branch's
+decoded joints, w_mpe_joints on the model branch's), so that the reference learns every joint it is
+scored on — the wrist and MCP joints that feed the map included.
 """
 from __future__ import annotations
 
@@ -13,7 +19,10 @@ from torch import Tensor
 
 from config import Config
 from datasets.joints import JOINT_SETS
-from losses.pretrain import pretrain_losses
+from losses.huber import huber
+from losses.pretrain import pretrain_losses, stage_mesh
+from models.dual_branch import NetConfig, decode_joints
+from models.palm_landmarks import apply_map, build_palm_landmarks
 from render import camera
 from stages import engine
 from stages.common import build_network, finish, make_optimizer, real_splits, schedule, validate
@@ -26,7 +35,45 @@ def real_batch(batch: dict, ids_ds: list[int], net_ids: list[int], device) -> di
     x = {k: batch[k].to(device) for k in ("depth", "center", "cube", "M", "K", "joints_uvd", "joints_xyz")}
     return {"net_in": x["depth"], "ref": x["depth"], "center": x["center"], "cube": x["cube"],
             "K_crop": camera.crop_intrinsics(x["K"], x["M"]), "joints_uvd": x["joints_uvd"][:, ids_ds],
-            "joints_xyz": x["joints_xyz"][:, ids_ds], "net_ids": net_ids}
+            "joints_xyz": x["joints_xyz"][:, ids_ds], "net_ids": net_ids,
+            "all_joints_uvd": x["joints_uvd"], "all_joints_xyz": x["joints_xyz"]}
+
+
+def mapped_joint_terms(outs: list, x: dict, map_rows: Tensor, label_ids: list[int], hand_model,
+                       cfg: Config) -> dict[str, Tensor]:
+    """Terms of the dataset joints predicted by a map of the 21 network joints, per stage.
+
+    map_rows (L, 21): one row per mapped dataset joint (rows sum to 1: the map commutes with the crop
+    normalization, so it applies to decoded uvd and to xyz alike); label_ids: their dataset columns in
+    the batch's full joints_uvd / joints_xyz (B, J, 3) nu (non-finite labels = absent, left out).
+    Returns {'s{s}/pwe_mapped', 's{s}/mpe_mapped'}.
+    """
+    d, terms = cfg.huber_delta_nu, {}
+    uvd_t, xyz_t = x["all_joints_uvd"][:, label_ids], x["all_joints_xyz"][:, label_ids]
+    known = torch.isfinite(uvd_t).all(-1) & torch.isfinite(xyz_t).all(-1)     # (B, L): labels present
+    for s, out in enumerate(outs, start=1):
+        uvd = apply_map(decode_joints(out.maps.float(), x["ref"], NetConfig.from_config(cfg)), map_rows)
+        xyz = apply_map(stage_mesh(out, hand_model)[1].float(), map_rows)
+        if bool(known.all()):
+            pwe, mpe = huber(uvd, uvd_t, d), huber(xyz, xyz_t, d)
+        elif bool(known.any()):
+            pwe, mpe = huber(uvd[known], uvd_t[known], d), huber(xyz[known], xyz_t[known], d)
+        else:
+            pwe = mpe = 0.0 * (uvd.sum() + xyz.sum())
+        terms[f"s{s}/pwe_mapped"] = cfg.w_pwe_joints * pwe
+        terms[f"s{s}/mpe_mapped"] = cfg.w_mpe_joints * mpe
+    return terms
+
+
+def mapped_joints(cfg: Config, jset, hand_model) -> tuple[list[int], Tensor | None]:
+    """Dataset joints without a network twin that the evaluator predicts by the palm map (NYU's PALM_2,
+    PALM_3) and their map rows (L, 21); ([], None) for other joint sets."""
+    missing = [i for i, k in enumerate(jset.to_network) if k is None]
+    if jset.name != "nyu" or not missing:
+        return [], None
+    palm_map = build_palm_landmarks(hand_model).palm_map     # rows PALM_1, PALM_2, PALM_3 = joints 11, 12, 13
+    first_palm = len(jset.to_network) - palm_map.shape[0]
+    return missing, torch.as_tensor(palm_map[[i - first_palm for i in missing]], dtype=torch.float32)
 
 
 def run(cfg: Config) -> dict:
@@ -37,11 +84,13 @@ def run(cfg: Config) -> dict:
     ids_ds = [i for i, k in enumerate(jset.to_network) if k is not None]
     net_ids = [jset.to_network[i] for i in ids_ds]
     hand_model, renderer, model = build_network(cfg, r, "supervised")
+    mapped_ids, map_rows = mapped_joints(cfg, jset, hand_model)
     train_set, val_set, spe = real_splits(cfg, r, "supervised", labels=True)
     total = schedule(cfg, spe)
     r.print(f"supervised: {len(train_set)} labelled {cfg.dataset} training frames ({len(net_ids)} of "
             f"{jset.num_joints} {jset.name} joints have a network counterpart), {len(val_set)} held out, "
-            f"{spe} steps per epoch, {total} steps")
+            f"{spe} steps per epoch, {total} steps"
+            + (f"; dataset joints {mapped_ids} trained through the palm map" if mapped_ids else ""))
     opt, sched = make_optimizer(model, cfg)
     stream = BatchStream(train_set, r, B, spe)
     images = ImageLog("supervised", cfg, renderer)
@@ -51,6 +100,8 @@ def run(cfg: Config) -> dict:
         with r.autocast():
             outs = model(x["net_in"], x["center"], x["cube"], x["K_crop"])
         terms = pretrain_losses(outs, x, x["ref"], hand_model, cfg, joint_ids=tuple(net_ids))
+        if mapped_ids:
+            terms.update(mapped_joint_terms(outs, x, map_rows.to(dev), mapped_ids, hand_model, cfg))
         images.keep(outs, x["net_in"], x["ref"], x["center"], x["cube"], x["K_crop"])
         return {"loss": sum(terms.values()), **terms}
 

@@ -2,6 +2,7 @@
 (T22, small) on the stand-in hand."""
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -146,19 +147,22 @@ def test_pretrain_stage_is_deterministic_t22_and_writes_outputs(tmp_path):
 
 class _LabelledNyuLike(torch.utils.data.Dataset):
     """Real-format items (NYU joint order, 14 joints, PALM_2/3 without a network twin) made of
-    synthetic samples; the labels are the synthetic targets mapped through NYU14.to_network."""
+    synthetic samples; the labels are the synthetic targets in NYU order, PALM_2/3 by the palm map
+    (as the evaluator predicts them), NaN (absent) in the first `missing` items."""
 
-    def __init__(self, cfg, n, seed):
-        from datasets.joints import NYU14
+    def __init__(self, cfg, n, seed, missing=0):
         from datasets.synthetic import SyntheticHands
         from stages.common import build_parts
         hand, rend, _ = build_parts(cfg, torch.device("cpu"))
         s = SyntheticHands(cfg, hand, rend, "none").batch(n, torch.Generator().manual_seed(seed), "cpu")
-        ids = [k if k is not None else 0 for k in NYU14.to_network]
+        from datasets.nyu import nyu14_from_network
+        from models.palm_landmarks import build_palm_landmarks
+        palm_map = build_palm_landmarks(hand).palm_map
+        uvd, xyz = (nyu14_from_network(s[k], palm_map) for k in ("joints_uvd", "joints_xyz"))
         self.items = [{"depth": s["clean"][i], "center": s["center"][i], "cube": s["cube"][i], "M": s["M"][i],
-                       "K": s["K"][i], "index": torch.tensor(i), "joints_uvd": s["joints_uvd"][i, ids],
-                       "joints_xyz": s["joints_xyz"][i, ids]} for i in range(n)]
-        for it in self.items:          # PALM_2/3 have no network twin: NaN labels must never be read
+                       "K": s["K"][i], "index": torch.tensor(i), "joints_uvd": uvd[i], "joints_xyz": xyz[i]}
+                      for i in range(n)]
+        for it in self.items[:missing]:    # PALM_2/3 unlabelled in the first `missing` items
             it["joints_uvd"][12:] = float("nan")
             it["joints_xyz"][12:] = float("nan")
 
@@ -172,7 +176,7 @@ class _LabelledNyuLike(torch.utils.data.Dataset):
 def test_supervised_stage_uses_mapped_real_labels(tmp_path, monkeypatch):
     from stages import common, supervised
     cfg = _stage_cfg(tmp_path, dataset="nyu", train_stage="supervised", stage_num=1, max_steps=2)
-    sets = {"train": _LabelledNyuLike(cfg, 4, 1), "val": _LabelledNyuLike(cfg, 2, 2)}
+    sets = {"train": _LabelledNyuLike(cfg, 4, 1, missing=2), "val": _LabelledNyuLike(cfg, 2, 2)}
     calls = []
 
     def fake_build(c, split, labels):
@@ -183,7 +187,47 @@ def test_supervised_stage_uses_mapped_real_labels(tmp_path, monkeypatch):
     out = supervised.run(cfg)
     assert calls == [("train", True), ("val", True)]
     assert set(out["last_losses"]) == {"loss", "s1/maps", "s1/pwe_joints", "s1/mpe_joints", "s1/shape_prior",
-                                       "s1/scale"}            # no vertex term on real data
+                                       "s1/scale", "s1/pwe_mapped", "s1/mpe_mapped"}   # no vertex term on real data
     assert set(out["val"]) == {"s1_pwe_mm", "s1_mpe_mm"}
-    assert all(0 < v < 1000 for v in out["val"].values())     # finite: the NaN PALM_2/3 labels were skipped
+    assert all(0 < v < 1000 for v in out["val"].values())
+    assert all(math.isfinite(v) for v in out["last_losses"].values())  # absent PALM_2/3 labels were left out
     assert (tmp_path / "best.pt").is_file()
+
+
+def test_mapped_palm_terms_vanish_at_the_evaluators_landmarks_and_train_the_mcp_joints():
+    """PALM_2/3 labels equal to what the evaluator (datasets.nyu.nyu14_from_network) predicts from the
+    network's joints give zero; moved labels give a gradient that reaches the unlabelled MCP joints."""
+    from datasets.joints import NYU14
+    from datasets.nyu import nyu14_from_network
+    from models.dual_branch import NetConfig, decode_joints, encode_joints
+    from models.palm_landmarks import build_palm_landmarks
+    from stages.common import build_parts
+    from stages.supervised import mapped_joint_terms, mapped_joints
+    cfg = make_config(["net=tiny", "stage_num=1", "hand_model=standin"])
+    hand, _, _ = build_parts(cfg, torch.device("cpu"))
+    ids, rows = mapped_joints(cfg, NYU14, hand)
+    assert ids == [12, 13] and torch.allclose(rows.sum(1), torch.ones(2), atol=1e-6)
+    gen = torch.Generator().manual_seed(3)
+    params = torch.zeros(2, 62)
+    params[:, 3:48] = 0.3 * torch.randn(2, 45, generator=gen)
+    verts, joints = hand.network_space(params)
+    ref = torch.ones(2, 1, S, S)
+    ref[:, :, 32:96, 32:96] = 0.0
+    net_cfg = NetConfig.from_config(cfg)
+    maps = encode_joints(0.4 * torch.rand(2, 21, 3, generator=gen) - 0.2, ref, net_cfg).requires_grad_(True)
+    jv = joints.detach().clone().requires_grad_(True)
+    out = StageOutput(maps, params, SimpleNamespace(joints_xyz=jv, verts_xyz=verts.detach()))
+    palm_map = build_palm_landmarks(hand).palm_map
+    x = {"ref": ref, "all_joints_uvd": nyu14_from_network(decode_joints(maps.detach(), ref, net_cfg), palm_map),
+         "all_joints_xyz": nyu14_from_network(jv.detach(), palm_map)}
+    terms = mapped_joint_terms([out], x, rows, ids, hand, cfg)
+    assert set(terms) == {"s1/pwe_mapped", "s1/mpe_mapped"}
+    assert all(float(v) < 1e-9 for v in terms.values())
+    x["all_joints_xyz"] = x["all_joints_xyz"] + 0.05
+    x["all_joints_xyz"][0, 12] = float("nan")            # an absent label is left out, not NaN
+    mpe = mapped_joint_terms([out], x, rows, ids, hand, cfg)["s1/mpe_mapped"]
+    assert torch.isfinite(mpe) and float(mpe) > 0
+    mpe.backward()
+    labelled = {k for k in NYU14.to_network if k is not None}
+    moved = {j for j in range(21) if float(jv.grad[:, j].abs().sum()) > 0}
+    assert {1, 4, 7, 10} & (moved - labelled), "the palm map should reach the MCP joints"
