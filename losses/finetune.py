@@ -80,7 +80,7 @@ def make_teacher(maps: Tensor, render, depth: Tensor, center: Tensor, cube: Tens
     boxed = box(depth, joints, center, cube, K_crop, cfg)
     points, fg = crop_points_norm(boxed, center, cube, K_crop, cfg.fg_threshold_nu)
     c, r = spheres(joints, verts, cube, hand_model, cfg, centre_joints=pixel_xyz)
-    labels = segment_points(points, c, r)
+    labels = segment_points(points, c, r, mask=fg)     # background pixels are never sampled
     idx_all, valid_all = sample_indices(fg, cfg.num_points, generator)
     idx_part, valid_part = sample_indices(fg & (labels >= 1), cfg.num_points, generator)
     labels_part = gather_points(labels, idx_part) * valid_part[:, None]

@@ -144,13 +144,27 @@ def collision_loss(centres: Tensor, radii: Tensor, gate_nu: Tensor, mode: str = 
     return contrib.sum() / (sums.shape[0] * centres.shape[1]), sums
 
 
-def segment_points(points: Tensor, centres: Tensor, radii: Tensor) -> Tensor:
+def segment_points(points: Tensor, centres: Tensor, radii: Tensor, mask: Tensor | None = None) -> Tensor:
     """Label points by the nearest sphere surface (6.4).
 
     points (B, P, 3), centres (B, 66, 3), radii (B, 66), all nu -> labels (B, P) long:
     bone 1..15 of the nearest finger sphere, or 0 (palm) when the nearest palm sphere is strictly
-    closer.  Surface distance |(|p - c| - r)|.
+    closer.  Surface distance |(|p - c| - r)|.  mask (B, P) bool: only these points are labelled
+    (the others get 0), e.g. the foreground of a crop's point cloud.
     """
+    if mask is None:
+        return _nearest_sphere_labels(points, centres, radii)
+    # the masked points of each sample packed to the left of a (B, pm) layout, labelled, put back
+    count = mask.sum(1)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :int(count.max())]
+    packed = torch.gather(points, 1, order[..., None].expand(-1, -1, 3))
+    valid = torch.arange(order.shape[1], device=points.device)[None] < count[:, None]
+    labels = torch.zeros(mask.shape, dtype=torch.long, device=points.device)
+    return labels.scatter_(1, order, torch.where(valid, _nearest_sphere_labels(packed, centres, radii), 0))
+
+
+def _nearest_sphere_labels(points: Tensor, centres: Tensor, radii: Tensor) -> Tensor:
+    """`segment_points` of every point: (B, P, 3), (B, 66, 3), (B, 66) -> (B, P)."""
     dist = torch.cdist(points, centres, compute_mode="donot_use_mm_for_euclid_dist")  # (B, P, 66)
     surf = (dist - radii[:, None, :]).abs()
     palm_d = surf[..., :NUM_PALM_SPHERES].min(dim=-1).values

@@ -169,6 +169,17 @@ def test_segmentation_palm_wins_only_when_strictly_closer():
     assert segment_points(pts, c, r).tolist() == [[5, 0, 5]]  # tie -> finger
 
 
+def test_masked_segmentation_labels_the_masked_points_as_the_full_one():
+    g = torch.Generator().manual_seed(4)
+    pts = torch.randn(3, 400, 3, generator=g)
+    c, r = torch.randn(3, NUM_SPHERES, 3, generator=g), 0.2 * torch.rand(3, NUM_SPHERES, generator=g)
+    mask = torch.rand(3, 400, generator=g) < 0.3
+    mask[2] = False                                           # a sample without foreground
+    full, masked = segment_points(pts, c, r), segment_points(pts, c, r, mask=mask)
+    assert torch.equal(masked[mask], full[mask]) and (masked[~mask] == 0).all()
+    assert len(set(full[mask].tolist())) > 5                  # the check sees many labels
+
+
 def test_mean_pose_penetration(hand_model):
     """T11: penetration sum of the mean pose (theta = 0, beta = 0, s = 1, cube 250).
 
