@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from config import Config, ConfigError
 from models.mano import resolved_hand_model
+from stages.averaging import WeightAverage
 from stages.checkpoints import CheckpointError, check_hand_model, rng_state, save_checkpoint, set_rng_state
 from stages.rundir import check_out_dir, prepare_out_dir, resume_changes
 
@@ -190,18 +191,31 @@ class _Trainer:
     generators: list
     state_extra: dict
     steps_per_epoch: int
+    average: WeightAverage | None = None
     best: float = math.inf
     last_write: float = dataclasses.field(default_factory=time.time)
     written: set = dataclasses.field(default_factory=set)
 
     def state(self, step: int, with_optimizer: bool = True) -> dict:
         o, s = self.optimizer, self.scheduler
-        return {"model": unwrap(self.model).state_dict(), "optimizer": o.state_dict() if with_optimizer else None,
+        return {**self.weights(), "optimizer": o.state_dict() if with_optimizer else None,
                 "scheduler": s.state_dict() if s is not None else None, "scaler": self.scaler.state_dict(),
                 "step": step, "epoch": step // self.steps_per_epoch, "best": self.best,
                 "rng": rng_state(self.generators), "config": self.run.cfg.to_dict(),
                 "hand_model": self.run.hand_model,
                 "extra": {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in self.state_extra.items()}}
+
+    def weights(self) -> dict:
+        """{'model': the weights to use (the average when one is kept)} plus, with an average,
+        'train_model': the trained weights that resume continues from."""
+        own = unwrap(self.model).state_dict()
+        if self.average is None:
+            return {"model": own}
+        return {"model": self.average.state_dict(), "train_model": own}
+
+    def using_average(self):
+        """Context in which the model holds the weights to use (validation, images)."""
+        return contextlib.nullcontext() if self.average is None else self.average.applied(unwrap(self.model))
 
     def save(self, name: str, step: int) -> None:
         if self.run.is_main:
@@ -214,7 +228,7 @@ class _Trainer:
         if self.run.is_main:
             path = self.run.out_dir / "snapshots" / f"step{step:07d}.pt"
             path.parent.mkdir(exist_ok=True)
-            save_checkpoint(path, {"model": unwrap(self.model).state_dict(), "step": step,
+            save_checkpoint(path, {"model": self.weights()["model"], "step": step,
                                    "config": self.run.cfg.to_dict(), "hand_model": self.run.hand_model})
 
     def due(self) -> bool:
@@ -237,7 +251,9 @@ def _resume(t: _Trainer) -> int:
     path = run.out_dir / "latest.pt"
     check_hand_model(ck, run.hand_model, path, run.cfg.hand_model_check)
     try:
-        unwrap(t.model).load_state_dict(ck["model"])
+        unwrap(t.model).load_state_dict(ck.get("train_model", ck["model"]))
+        if t.average is not None:     # a run saved without an average starts one at its weights
+            t.average.load_state_dict(ck["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit this network ({str(e).splitlines()[0]} ...); "
                               f"was it trained with other architecture settings?") from None
@@ -338,7 +354,8 @@ def _validate(t: _Trainer, bar, validate_fn, best_key: str, step: int, done: int
     """Validate (rank 0), write latest.pt and, when best_key improved, best.pt."""
     run, val, improved = t.run, {}, True
     if run.is_main and validate_fn is not None:
-        val = validate_fn(step)
+        with t.using_average():
+            val = validate_fn(step)
         run.log_scalars(done, val, "val")
         bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
         improved = val[best_key] < t.best
@@ -353,7 +370,7 @@ def _validate(t: _Trainer, bar, validate_fn, best_key: str, step: int, done: int
 def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, step_fn: StepFn,
           total_steps: int, steps_per_epoch: int, validate_fn: Callable[[int], dict] | None = None,
           best_key: str = "", generators: Iterable[torch.Generator] = (), image_fn=None,
-          state_extra: dict | None = None) -> dict:
+          state_extra: dict | None = None, average_decay: float = 0.0) -> dict:
     """Run optimizer steps [start, total_steps); returns {'step', 'best', 'last_losses', 'val', 'seconds',
     'checkpoints' (names written by this call)}.
 
@@ -361,12 +378,15 @@ def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     backward (through the AMP scaler), optimizer.step, scheduler.step at epoch ends, logs every term at
     cfg.log_interval (prefix 'train/', plus 'train/lr') and images from image_fn(step) -> {tag: (3,H,W)}
     at cfg.image_log_interval.  state_extra: {name: object with state_dict/load_state_dict} saved too.
+    average_decay > 0 keeps a `stages.averaging.WeightAverage` of the weights: validation, images,
+    best.pt / latest.pt / snapshots ('model') use it; 'train_model' holds the trained weights.
     """
     cfg, spe = run.cfg, max(1, steps_per_epoch)
     if total_steps <= 0:
         raise ConfigError(f"{cfg.train_stage}: the schedule has no step (epochs={cfg.epochs}, max_steps={cfg.max_steps})")
     scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda" and cfg.amp == "fp16")
-    t = _Trainer(run, model, optimizer, scheduler, scaler, list(generators), state_extra or {}, spe)
+    t = _Trainer(run, model, optimizer, scheduler, scaler, list(generators), state_extra or {}, spe,
+                 WeightAverage(unwrap(model), average_decay) if average_decay > 0 else None)
     start = _resume(t) if run.resume_state is not None else 0
     if start >= total_steps:
         run.print(f"{run.out_dir / 'latest.pt'} is at step {start} >= {total_steps} steps asked: nothing to train")
@@ -386,6 +406,8 @@ def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         scaler.step(optimizer)
         scaler.update()
         guard.weights()
+        if t.average is not None:
+            t.average.update(unwrap(model))
         done = step + 1
         if scheduler is not None and done % spe == 0:
             scheduler.step()

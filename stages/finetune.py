@@ -103,5 +103,6 @@ def run(cfg: Config) -> dict:
         validate_fn = lambda step: validate(engine.unwrap(model), val_loader, renderer, hand_model, cfg, r)  # noqa: E731
         best_key = "selfsup_loss"
     result = engine.train(r, model, opt, sched, step_fn, total, spe, validate_fn=validate_fn, best_key=best_key,
-                          generators=[synth_gen, point_gen], image_fn=images)
+                          generators=[synth_gen, point_gen], image_fn=images,
+                          average_decay=cfg.finetune_average_decay)
     return finish(r, result)

@@ -129,3 +129,47 @@ def test_ddp_two_processes_gloo_identical_weights(tmp_path):
     for k in a["state"]:
         assert torch.equal(a["state"][k], b["state"][k])   # ... yet the weights stay identical
     assert (tmp_path / "latest.pt").is_file()
+
+
+def test_weight_average_follows_the_closed_form_and_restores():
+    from stages.averaging import WeightAverage
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    w0 = {k: v.clone() for k, v in net.state_dict().items()}
+    avg = WeightAverage(net, 0.9)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)                       # the trained weights jump by 1 and stay there
+        net[1].num_batches_tracked.fill_(7)
+    for _ in range(5):
+        avg.update(net)
+    for k, v in avg.state_dict().items():     # avg_n = w + 0.9^n (w0 - w)
+        if k.endswith("num_batches_tracked"):
+            assert int(v) == 7
+        else:
+            want = net.state_dict()[k] + 0.9 ** 5 * (w0[k] - net.state_dict()[k])
+            torch.testing.assert_close(v, want)
+    own = {k: v.clone() for k, v in net.state_dict().items()}
+    with avg.applied(net):
+        torch.testing.assert_close(net[0].weight, avg.state_dict()["0.weight"])
+    torch.testing.assert_close(net[0].weight, own["0.weight"])
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(net, 1.0)
+
+
+def test_engine_saves_the_average_and_resumes_both_exactly(tmp_path):
+    def train(out, total, resume=False):
+        run = engine.setup(_cfg(out, resume=resume))
+        model, opt, sched, gen, step_fn, record = _problem(run)
+        engine.train(run, model, opt, sched, step_fn, total, steps_per_epoch=3, generators=[gen],
+                     average_decay=0.8)
+        engine.teardown(run)
+        return load_checkpoint(out / "latest.pt"), record
+
+    full, _ = train(tmp_path / "a", 9)
+    train(tmp_path / "b", 6)
+    resumed, _ = train(tmp_path / "b", 9, resume=True)
+    for key in ("model", "train_model"):
+        for k, v in full[key].items():
+            torch.testing.assert_close(resumed[key][k], v, rtol=0, atol=0)
+    moved = [float((full["model"][k] - full["train_model"][k]).abs().max()) for k in full["model"]]
+    assert max(moved) > 1e-4                  # the saved weights are the average, not the last ones
