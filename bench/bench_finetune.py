@@ -4,8 +4,10 @@
     python bench/bench_finetune.py --configs tiny:1:16:512 --iters 5
     python bench/bench_finetune.py --compare-wait-policy   # the same in two processes: OMP_WAIT_POLICY unset / PASSIVE
 
-A configuration is net:stages:batch:points (default: resnet18:2:32:2048, the method's, and
-tiny:2:16:512).  The step is the one `stages/finetune.py` runs: a synthetic batch rendered on the fly
+A configuration is net:stages:batch:points[:checkpoint] (default: resnet18:2:32:2048, the method's,
+and tiny:2:16:512).  Without a checkpoint the network is untrained, so its meshes lie far from the
+crops' points: the worst case of the point-to-mesh search (more candidate faces per point); with one
+(e.g. a pretraining latest.pt of that net and stage count) the step is the one a real run takes.  The step is the one `stages/finetune.py` runs: a synthetic batch rendered on the fly
 (view rotation 'original'), the network on it with the synthetic losses, the network on a "real"
 batch with the self-supervised losses (`stages.finetune.real_loss_total`), backward, AdamW.  The
 real batch is a second synthetic batch with frame masks all true: the same shapes and hand content
@@ -103,12 +105,15 @@ class PartTimer:
         return _Block()
 
 
-def build(net: str, stages: int, batch: int, points: int, device: torch.device):
+def build(net: str, stages: int, batch: int, points: int, device: torch.device, load: str = ""):
     from datasets.synthetic import SyntheticHands
+    from stages.checkpoints import load_checkpoint
     from stages.common import build_parts
     cfg = make_config([], net=net, stage_num=stages, batch_size=batch, num_points=points, hand_model="standin",
                       device=device.type, train_stage="finetune")
     hand, renderer, model = build_parts(cfg, device)
+    if load:       # trained weights: its meshes lie near the crops' points, as in a real fine-tuning
+        model.load_state_dict(load_checkpoint(Path(load), map_location=device)["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return cfg, hand, renderer, model, opt, SyntheticHands(cfg, hand, renderer, "original")
 
@@ -164,8 +169,8 @@ def cnn_step(parts, x: dict, device) -> None:
 
 def bench(spec: str, iters: int, device: torch.device) -> list[tuple[str, float]]:
     import importlib
-    net, stages, batch, points = spec.split(":")
-    parts = build(net, int(stages), int(batch), int(points), device)
+    net, stages, batch, points, *load = spec.split(":", 4)
+    parts = build(net, int(stages), int(batch), int(points), device, load[0] if load else "")
     timer = PartTimer(device)
     for mod, name, part in LOSS_PARTS:
         timer.wrap(importlib.import_module(mod), name, part)
@@ -200,7 +205,7 @@ def bench(spec: str, iters: int, device: torch.device) -> list[tuple[str, float]
 
 def print_table(spec: str, rows: list[tuple[str, float]]) -> None:
     step = rows[0][1]
-    print(f"\n{spec}  (net:stages:batch:points)")
+    print(f"\n{spec}  (net:stages:batch:points[:checkpoint])")
     print(f"{'part':<58}{'seconds':>10}{'share':>9}")
     for name, sec in rows:
         print(f"{name:<58}{sec:>10.3f}{100 * sec / step:>8.1f}%")

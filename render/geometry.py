@@ -127,7 +127,8 @@ def nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int, label
     Exact search, all meshes at once, in chunks of `chunk_size` points (memory O(chunk_size * F)):
     (1) squared distances to all face centroids by one batched matmul (expanded form, its rounding
     bounded by `slack`); (2) an upper bound U = exact distance to the face of nearest centroid
-    (centroids lie on the mesh); (3) candidates = faces whose bounding sphere and plane come within U;
+    (centroids lie on the mesh); (3) candidates = faces whose bounding sphere, then bounding disc in
+    their plane, come within U;
     (4) their exact distances and the minimum, ties -> smallest face index.
     """
     B, P, _ = p.shape
@@ -144,7 +145,7 @@ def nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int, label
     tol = 1e-5 * verts.abs().amax().item() + 1e-30
     cn = (cen * cen).sum(-1)  # (B, F)
     eps = torch.finfo(p.dtype).eps
-    mesh = dict(tri=tri.reshape(B * F, 3, 3), rad=rad, nrm=nrm.reshape(B * F, 3))
+    mesh = dict(tri=tri.reshape(B * F, 3, 3), cen=cen.reshape(B * F, 3), rad=rad, nrm=nrm.reshape(B * F, 3))
     out = torch.empty(B, P, dtype=torch.long, device=dev)
     step = max(1, chunk_size // max(B, 1))
     for s in range(0, P, step):
@@ -174,8 +175,13 @@ def _refine(pc: Tensor, d2c: Tensor, mesh: dict, tol: float, slack: float) -> Te
     b, i, f = torch.nonzero(d2c <= reach, as_tuple=True)  # sphere test (never passes inf)
     pi, fi = b * m + i, f + b * F
     pp = pts.index_select(0, pi)
-    plane = ((pp - tri[:, 0].index_select(0, fi)) * nrm.index_select(0, fi)).sum(-1).abs()
-    keep = torch.nonzero(plane <= ub.index_select(0, pi), as_tuple=True)[0]
+    # disc bound: the face lies in its plane, inside the disc of radius rad around its centroid, so
+    # |p - q|^2 >= h^2 + max(0, L - rad)^2 (h: height over the plane, L: in-plane distance to the centroid)
+    rel = pp - mesh["cen"].index_select(0, fi)
+    h2 = (rel * nrm.index_select(0, fi)).sum(-1).square()
+    lateral = ((rel * rel).sum(-1) - h2).clamp_(min=0).sqrt_()
+    gap = (lateral - rad.reshape(-1).index_select(0, fi) - tol).clamp_(min=0)
+    keep = torch.nonzero(h2 + gap * gap <= ub.index_select(0, pi).square(), as_tuple=True)[0]
     pi, fi = pi.index_select(0, keep), fi.index_select(0, keep)
     t = tri.index_select(0, fi)
     d2 = point_triangle_sqdist(pp.index_select(0, keep), t[:, 0], t[:, 1], t[:, 2])
