@@ -163,7 +163,8 @@ def plot_curve(results: dict, path: Path, last: int) -> None:
                     label=f"seed {seed} {k.upper().replace('_', '-')}")
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("test error, standard protocol (mm)")
-    ax.set_title("self-supervised fine-tuning (test error of snapshots, never used to select)")
+    ax.set_title("self-supervised fine-tuning: test error of its snapshots\n(computed after training, never used to select)",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
