@@ -90,7 +90,7 @@ def workload(B: int, seed: int = 0, device: str = "cpu"):
         face_part = torch.zeros(faces.shape[0], dtype=torch.long)
         for k, pf in enumerate(hm.part_faces):
             face_part[pf] = k + 1
-        labels = face_part[nearest_face(pts, verts_n, faces, 16384)]
+        labels = face_part[nearest_face(pts, verts_n, faces, 2048)]
     dev = torch.device(device)
     return dict(verts_mm=verts_mm.to(dev), faces=faces.to(dev), Kc=Kc.to(dev), center=center.to(dev),
                 cube=cube.to(dev), pts=pts.to(dev), verts_n=verts_n.to(dev), labels=labels.to(dev),
