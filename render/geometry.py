@@ -11,7 +11,8 @@
 * Speed and memory: the nearest face is searched without gradient, pruning with exact bounds: the
   distances of a chunk of points to all face centroids come from one matmul (cheap for hand meshes,
   F ~ 1.5k; the cost is O(P * F)), an on-mesh upper bound U per point from the face of nearest
-  centroid, then exact distances only to the faces whose bounding sphere and plane come within U.
+  centroid, then exact distances only to the faces whose bounding sphere, then bounding disc in their
+  plane, come within U.
   Points are processed in chunks of `chunk_size`, so memory is O(chunk_size * F) + O(candidate pairs).
   The part-aware search (7.3) is the same pass with a label -> allowed-faces table.
 """
@@ -236,14 +237,15 @@ def part_point_mesh_sqdist(points: Tensor, labels: Tensor, verts: Tensor, part_f
         raise ValueError(f"part_faces must hold 15 face sets, got {len(part_faces)}")
     mesh_faces, allowed = _part_table(part_faces, faces, verts.device)
     labels = labels.to(device=points.device, dtype=torch.long)
-    counts = torch.stack([(labels == k).sum(1) for k in range(1, 16)], 1)
+    one_hot = torch.nn.functional.one_hot(labels, 16)[..., 1:]  # (B, P, 15): part k-1 of each point
+    counts = one_hot.sum(1)
     if mesh_faces.shape[0] == 0 or points.shape[1] == 0:
         zero = points.new_zeros(points.shape[0], 15) + 0.0 * verts.sum()
         return zero, counts
     d2 = _padded_sqdist(points, verts, mesh_faces, chunk_size, labels, allowed)
     used = (labels >= 1) & allowed.any(1)[labels]       # a part with points and faces
     d2 = torch.where(used, d2, torch.zeros_like(d2))
-    one_hot = torch.nn.functional.one_hot(labels, 16)[..., 1:].to(d2.dtype)  # (B, P, 15)
+    one_hot = one_hot.to(d2.dtype)
     sums = torch.einsum("bp,bpk->bk", d2, one_hot)
     nonzero = torch.einsum("bp,bpk->bk", ((d2.detach() > 0) & used).to(d2.dtype), one_hot)
     return sums / nonzero.clamp(min=1), counts

@@ -214,7 +214,7 @@ class _Trainer:
         return {"model": self.average.state_dict(), "train_model": own}
 
     def using_average(self):
-        """Context in which the model holds the weights to use (validation, images)."""
+        """Context in which the model holds the weights to use (validation)."""
         return contextlib.nullcontext() if self.average is None else self.average.applied(unwrap(self.model))
 
     def save(self, name: str, step: int) -> None:
@@ -378,8 +378,9 @@ def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     backward (through the AMP scaler), optimizer.step, scheduler.step at epoch ends, logs every term at
     cfg.log_interval (prefix 'train/', plus 'train/lr') and images from image_fn(step) -> {tag: (3,H,W)}
     at cfg.image_log_interval.  state_extra: {name: object with state_dict/load_state_dict} saved too.
-    average_decay > 0 keeps a `stages.averaging.WeightAverage` of the weights: validation, images,
-    best.pt / latest.pt / snapshots ('model') use it; 'train_model' holds the trained weights.
+    average_decay > 0 keeps a `stages.averaging.WeightAverage` of the weights: validation and
+    best.pt / latest.pt / snapshots ('model') use it; 'train_model' holds the trained weights (images
+    show the training step's own outputs).
     """
     cfg, spe = run.cfg, max(1, steps_per_epoch)
     if total_steps <= 0:

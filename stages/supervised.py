@@ -14,15 +14,17 @@ scored on — the wrist and MCP joints that feed the map included.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from config import Config
 from datasets.joints import JOINT_SETS
+from datasets.nyu import nyu14_from_network
 from losses.huber import huber
 from losses.pretrain import pretrain_losses, stage_mesh
 from models.dual_branch import NetConfig, decode_joints
-from models.palm_landmarks import apply_map, build_palm_landmarks
+from models.palm_landmarks import build_palm_landmarks
 from render import camera
 from stages import engine
 from stages.common import build_network, finish, make_optimizer, real_splits, schedule, validate
@@ -39,24 +41,24 @@ def real_batch(batch: dict, ids_ds: list[int], net_ids: list[int], device) -> di
             "all_joints_uvd": x["joints_uvd"], "all_joints_xyz": x["joints_xyz"]}
 
 
-def mapped_joint_terms(outs: list, x: dict, map_rows: Tensor, label_ids: list[int], hand_model,
+def mapped_joint_terms(outs: list, x: dict, palm_map: np.ndarray, label_ids: list[int], hand_model,
                        cfg: Config) -> dict[str, Tensor]:
-    """Terms of the dataset joints predicted by a map of the 21 network joints, per stage.
+    """Terms of the NYU joints that the evaluator predicts from the palm map, per stage.
 
-    map_rows (L, 21): one row per mapped dataset joint (rows sum to 1: the map commutes with the crop
-    normalization, so it applies to decoded uvd and to xyz alike); label_ids: their dataset columns in
-    the batch's full joints_uvd / joints_xyz (B, J, 3) nu (non-finite labels = absent, left out).
+    The stage's 21 joints become NYU's 14 exactly as at evaluation (`datasets.nyu.nyu14_from_network`;
+    the map's rows sum to 1, so it commutes with the crop normalization and applies to decoded uvd and
+    to xyz alike); label_ids: the mapped columns, compared with the batch's full joints_uvd /
+    joints_xyz (B, 14, 3) nu (non-finite labels = absent, left out).
     Returns {'s{s}/pwe_mapped', 's{s}/mpe_mapped'}.
     """
     d, terms = cfg.huber_delta_nu, {}
     uvd_t, xyz_t = x["all_joints_uvd"][:, label_ids], x["all_joints_xyz"][:, label_ids]
     known = torch.isfinite(uvd_t).all(-1) & torch.isfinite(xyz_t).all(-1)     # (B, L): labels present
     for s, out in enumerate(outs, start=1):
-        uvd = apply_map(decode_joints(out.maps.float(), x["ref"], NetConfig.from_config(cfg)), map_rows)
-        xyz = apply_map(stage_mesh(out, hand_model)[1].float(), map_rows)
-        if bool(known.all()):
-            pwe, mpe = huber(uvd, uvd_t, d), huber(xyz, xyz_t, d)
-        elif bool(known.any()):
+        uvd = nyu14_from_network(decode_joints(out.maps.float(), x["ref"], NetConfig.from_config(cfg)), palm_map)
+        xyz = nyu14_from_network(stage_mesh(out, hand_model)[1].float(), palm_map)
+        uvd, xyz = uvd[:, label_ids], xyz[:, label_ids]
+        if bool(known.any()):
             pwe, mpe = huber(uvd[known], uvd_t[known], d), huber(xyz[known], xyz_t[known], d)
         else:
             pwe = mpe = 0.0 * (uvd.sum() + xyz.sum())
@@ -65,15 +67,13 @@ def mapped_joint_terms(outs: list, x: dict, map_rows: Tensor, label_ids: list[in
     return terms
 
 
-def mapped_joints(cfg: Config, jset, hand_model) -> tuple[list[int], Tensor | None]:
+def mapped_joints(cfg: Config, jset, hand_model) -> tuple[list[int], np.ndarray | None]:
     """Dataset joints without a network twin that the evaluator predicts by the palm map (NYU's PALM_2,
-    PALM_3) and their map rows (L, 21); ([], None) for other joint sets."""
+    PALM_3) and that map (3, 21); ([], None) for other joint sets."""
     missing = [i for i, k in enumerate(jset.to_network) if k is None]
     if jset.name != "nyu" or not missing:
         return [], None
-    palm_map = build_palm_landmarks(hand_model).palm_map     # rows PALM_1, PALM_2, PALM_3 = joints 11, 12, 13
-    first_palm = len(jset.to_network) - palm_map.shape[0]
-    return missing, torch.as_tensor(palm_map[[i - first_palm for i in missing]], dtype=torch.float32)
+    return missing, build_palm_landmarks(hand_model).palm_map
 
 
 def run(cfg: Config) -> dict:
@@ -84,7 +84,7 @@ def run(cfg: Config) -> dict:
     ids_ds = [i for i, k in enumerate(jset.to_network) if k is not None]
     net_ids = [jset.to_network[i] for i in ids_ds]
     hand_model, renderer, model = build_network(cfg, r, "supervised")
-    mapped_ids, map_rows = mapped_joints(cfg, jset, hand_model)
+    mapped_ids, palm_map = mapped_joints(cfg, jset, hand_model)
     train_set, val_set, spe = real_splits(cfg, r, "supervised", labels=True)
     total = schedule(cfg, spe)
     r.print(f"supervised: {len(train_set)} labelled {cfg.dataset} training frames ({len(net_ids)} of "
@@ -101,7 +101,7 @@ def run(cfg: Config) -> dict:
             outs = model(x["net_in"], x["center"], x["cube"], x["K_crop"])
         terms = pretrain_losses(outs, x, x["ref"], hand_model, cfg, joint_ids=tuple(net_ids))
         if mapped_ids:
-            terms.update(mapped_joint_terms(outs, x, map_rows.to(dev), mapped_ids, hand_model, cfg))
+            terms.update(mapped_joint_terms(outs, x, palm_map, mapped_ids, hand_model, cfg))
         images.keep(outs, x["net_in"], x["ref"], x["center"], x["cube"], x["K_crop"])
         return {"loss": sum(terms.values()), **terms}
 

@@ -200,13 +200,12 @@ def test_mapped_palm_terms_vanish_at_the_evaluators_landmarks_and_train_the_mcp_
     from datasets.joints import NYU14
     from datasets.nyu import nyu14_from_network
     from models.dual_branch import NetConfig, decode_joints, encode_joints
-    from models.palm_landmarks import build_palm_landmarks
     from stages.common import build_parts
     from stages.supervised import mapped_joint_terms, mapped_joints
     cfg = make_config(["net=tiny", "stage_num=1", "hand_model=standin"])
     hand, _, _ = build_parts(cfg, torch.device("cpu"))
-    ids, rows = mapped_joints(cfg, NYU14, hand)
-    assert ids == [12, 13] and torch.allclose(rows.sum(1), torch.ones(2), atol=1e-6)
+    ids, palm_map = mapped_joints(cfg, NYU14, hand)
+    assert ids == [12, 13] and torch.allclose(torch.as_tensor(palm_map).sum(1), torch.ones(3, dtype=torch.float64), atol=1e-6)
     gen = torch.Generator().manual_seed(3)
     params = torch.zeros(2, 62)
     params[:, 3:48] = 0.3 * torch.randn(2, 45, generator=gen)
@@ -217,15 +216,14 @@ def test_mapped_palm_terms_vanish_at_the_evaluators_landmarks_and_train_the_mcp_
     maps = encode_joints(0.4 * torch.rand(2, 21, 3, generator=gen) - 0.2, ref, net_cfg).requires_grad_(True)
     jv = joints.detach().clone().requires_grad_(True)
     out = StageOutput(maps, params, SimpleNamespace(joints_xyz=jv, verts_xyz=verts.detach()))
-    palm_map = build_palm_landmarks(hand).palm_map
     x = {"ref": ref, "all_joints_uvd": nyu14_from_network(decode_joints(maps.detach(), ref, net_cfg), palm_map),
          "all_joints_xyz": nyu14_from_network(jv.detach(), palm_map)}
-    terms = mapped_joint_terms([out], x, rows, ids, hand, cfg)
+    terms = mapped_joint_terms([out], x, palm_map, ids, hand, cfg)
     assert set(terms) == {"s1/pwe_mapped", "s1/mpe_mapped"}
     assert all(float(v) < 1e-9 for v in terms.values())
     x["all_joints_xyz"] = x["all_joints_xyz"] + 0.05
     x["all_joints_xyz"][0, 12] = float("nan")            # an absent label is left out, not NaN
-    mpe = mapped_joint_terms([out], x, rows, ids, hand, cfg)["s1/mpe_mapped"]
+    mpe = mapped_joint_terms([out], x, palm_map, ids, hand, cfg)["s1/mpe_mapped"]
     assert torch.isfinite(mpe) and float(mpe) > 0
     mpe.backward()
     labelled = {k for k in NYU14.to_network if k is not None}
