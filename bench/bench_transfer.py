@@ -267,6 +267,8 @@ def main(argv: list[str]) -> int:
     report: dict = {"command": "python bench/bench_transfer.py " + " ".join(argv), "arch": args.arch,
                     "real_domain": domain, "train": {}}
     if args.diagnose:
+        if args.arch != "original":
+            raise SystemExit("--diagnose studies the cycle generator: add --arch original (and its run's --out)")
         return diagnose(out, cfg, device)
     if not args.skip_train:
         report["train"] = train_for(cfg, base, extra, args.minutes, batch, device)
