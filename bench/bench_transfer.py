@@ -207,7 +207,7 @@ def escape_test(ckpt: Path, cfg: Config, xs: Tensor, xr: Tensor, cube: Tensor, s
 
 # ---- main ---------------------------------------------------------------------------------------------
 ARCH_DEFAULTS = {   # CPU-sized settings per architecture: ngf, blocks, ndf, batch, G lr, D lr
-    "sensor": (16, 2, 16, 8, 2e-4, 4e-4),
+    "sensor": (16, 2, 32, 8, 2e-4, 4e-4),
     "original": (8, 2, 16, 2, 2e-4, 0.0),
 }
 

@@ -16,7 +16,7 @@ from models.sensor_translator import MultiScaleDiscriminator, SensorGenerator, d
 
 
 class SensorGAN(nn.Module):
-    """G_A (clean synthetic -> sensor-like) and D (multi-scale SN patch discriminators).
+    """G_A (clean synthetic -> sensor-like) and D (multi-scale patch discriminators).
 
     Its state_dict (keys 'G_A.*', 'D.*') is the engine checkpoint's 'model'; `load_translator`
     rebuilds G_A from it."""
@@ -24,7 +24,7 @@ class SensorGAN(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.G_A = sensor_generator(cfg)
-        self.D = MultiScaleDiscriminator(ndf=cfg.gan_ndf, scales=cfg.gan_d_scales)
+        self.D = MultiScaleDiscriminator(ndf=cfg.gan_ndf, scales=cfg.gan_d_scales, norm=cfg.gan_d_norm)
         self.augment = cfg.gan_diff_augment
 
     def forward(self, x_s: Tensor, x_r: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -43,7 +43,8 @@ def sensor_generator(cfg: Config) -> SensorGenerator:
     """The G_A of a gan_arch=sensor run, from its settings (plain dict or Config)."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k)
     return SensorGenerator(ngf=int(get("gan_ngf")), n_blocks=int(get("gan_blocks")),
-                           offset_max_nu=float(get("gan_offset_max_nu")), fg_threshold=float(get("fg_threshold_nu")))
+                           offset_max_nu=float(get("gan_offset_max_nu")), fg_threshold=float(get("fg_threshold_nu")),
+                           paint_margin_px=int(get("gan_paint_margin_px", 0)))
 
 
 def sensor_losses(out: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
