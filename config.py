@@ -219,6 +219,15 @@ class Config:
     collision_mode: str = opt("gated", "gated (original) or clipped (per-sample sum clipped at the gate)", ("gated", "clipped"))
 
     # ---- sim-to-real translator (Consis-CycleGAN, train_stage=transfer; spec 9.2) ----------------
+    gan_arch: str = opt("original", "translator: 'original' = the spec's Consis-CycleGAN (ResNet G_A/G_B, PatchGAN, LSGAN, cycle); 'sensor' = one-sided sensor model (bounded hand offset + hole and paint heads, multi-scale patch discriminator, hinge loss; models/sensor_translator.py)", ("original", "sensor"))
+    gan_offset_max_nu: float = opt(0.015, "sensor translator: bound of the depth offset on hand pixels (nu)", check=GT0)
+    gan_hole_budget: float = opt(0.012, "sensor translator: expected fraction of hand pixels it may make missing before w_gan_hole acts", check=FRACTION)
+    w_gan_hole: float = opt(10.0, "sensor translator weight: hinge on the hole fraction above gan_hole_budget", check=GE0)
+    gan_lr_d: float = opt(0.0, "sensor translator: discriminator learning rate (0 = gan_lr; > gan_lr = two-time-scale update)", check=GE0)
+    gan_d_scales: int = opt(2, "sensor translator: patch discriminators at full, 1/2, ... resolution", check=GT0)
+    gan_paint_margin_px: int = opt(6, "sensor translator: no paint within this many pixels of the clean hand (keeps its silhouette)", check=GE0)
+    gan_d_norm: str = opt("instance", "sensor translator: discriminator normalisation", ("instance", "spectral"))
+    gan_diff_augment: bool = opt(True, "sensor translator: DiffAugment (translation + cut-out) of real and generated crops before the discriminator")
     gan_ngf: int = opt(64, "translator generator base width (64 = original; smaller trains on CPU)", check=GT0)
     gan_blocks: int = opt(9, "translator generator residual blocks (9 = original)", check=GE0)
     gan_ndf: int = opt(64, "PatchGAN discriminator base width", check=GT0)
@@ -313,7 +322,7 @@ CROSS_CHECKS = (
 # step t reads.  Every other setting may change on resume; the change is applied and logged.
 RESUME_FIXED = ("phase", "train_stage", "dataset", "net", "stage_num", "map_size", "hand_model", "mano_path",
                 "seed", "batch_size", "synth_epoch_size", "val_fraction", "max_frames", "nyu_view",
-                "msra_test_subject", "gan_ngf", "gan_blocks", "gan_ndf", "gan_residual", "gan_batch_size")
+                "msra_test_subject", "gan_ngf", "gan_blocks", "gan_ndf", "gan_residual", "gan_batch_size", "gan_arch")
 
 
 def validate(cfg: Config) -> Config:

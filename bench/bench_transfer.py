@@ -1,20 +1,28 @@
-"""Proof experiment of the Consis-CycleGAN translator (issue 6) on the real-like NYU-format set.
+"""Proof experiment of the synthetic -> real translator (issues 6 and 14), one command.
 
-    python bench/bench_transfer.py                      # ~8 min of CPU training, then evaluation
+    python bench/bench_transfer.py --minutes 25 --downstream          # sensor translator, mismatch set
+    python bench/bench_transfer.py --real-set simreal                   # the easy set
+    python bench/bench_transfer.py --data-root /path/to/nyu_like        # any NYU-format folder as real domain
+    python bench/bench_transfer.py --arch original --ngf 8 --blocks 2   # the spec's Consis-CycleGAN
     python bench/bench_transfer.py --minutes 20 --ngf 64 --blocks 9 --ndf 64 --batch 4 device=cuda
 
-1. ensure the simreal set exists; calibrate the seconds per translator step; train a small translator
-   with `train_render.py phase=train train_stage=transfer` settings for the time budget;
+1. ensure the real-like set exists (default: the model-mismatch set, datasets/mismatch.py; or simreal;
+   or any NYU-format folder given by --data-root); calibrate the seconds per translator step; train
+   the translator (`train_render.py phase=train train_stage=transfer`) for the time budget;
 2. on held-out synthetic crops (their own seed, never seen in training) compare CLEAN and TRANSLATED
-   (G_A of latest.pt) crops with REAL crops (simreal test split; classifier training uses the train
-   split without augmentation):
+   (G_A of best.pt, the checkpoint pretraining would load) crops with REAL crops (test split;
+   classifier training uses the train split without augmentation):
    * 1-D Wasserstein distances to real of per-pixel depth-gradient and Laplacian (sensor noise)
      statistics on the foreground, and of per-crop foreground fraction and ragged-edge fraction;
    * two-sample classifier tests (C2ST): a small CNN trained real vs X, tested on held-out real vs X
      (balanced accuracy; 0.5 = indistinguishable), X = clean or translated; and the real-vs-clean
      classifier applied to translated crops (fraction called real);
    * foreground fidelity (spec 9.2 acceptance): mean |G_A(x) - x| over the hand mask (nu and mm) and
-     % of hand pixels turned into background (acceptance <= 0.03 nu, <= 5 %).
+     % of hand pixels turned into background (acceptance <= 0.03 nu, <= 5 %);
+   * <out>/sheet.png: clean | translated | real crops side by side;
+3. --downstream: the self-supervision experiment (bench/experiment_selfsup.py, same seed and budget)
+   without the translator (rows pre, ft) and with it (pre_tn: pretraining on translated crops, then
+   the same fine-tuning), in <out>/downstream/{without,with}; finished runs are reused.
 Extra `key=value` arguments go to the training config.  Results: <out>/bench_transfer.json.
 """
 from __future__ import annotations
@@ -138,17 +146,24 @@ def seconds_per_step(cfg: Config, device: torch.device, reps: int = 3) -> float:
     from render.camera import CROP_SIZE
     from render.hand_renderer import HandRenderer
     from stages.transfer import ConsisCycleGAN, cyclegan_losses, make_optimizer
+    from stages.transfer_sensor import SensorGAN, make_sensor_optimizer, sensor_losses
     hand = build_hand_model(cfg).to(device)
     synth = SyntheticHands(cfg, hand, HandRenderer(hand, size=CROP_SIZE), cfg.gan_synth_rotation)
-    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual).to(device)
-    opt, _ = make_optimizer(model, cfg)
+    if cfg.gan_arch == "sensor":
+        model = SensorGAN(cfg).to(device)
+        opt = make_sensor_optimizer(model, cfg)
+        objective = lambda x_s, x_r: sensor_losses(model(x_s, x_r), cfg)  # noqa: E731
+    else:
+        model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual).to(device)
+        opt, _ = make_optimizer(model, cfg)
+        objective = lambda x_s, x_r: cyclegan_losses(model(x_s, x_r), x_s, x_r, cfg)  # noqa: E731
     x_r = real_crops(cfg, "train", cfg.gan_batch_size).to(device)
     g = torch.Generator(device).manual_seed(1)
     times = []
     for _ in range(reps + 1):
         t0 = time.perf_counter()
         x_s = synth.batch(cfg.gan_batch_size, g, device)["clean"]
-        loss = cyclegan_losses(model(x_s, x_r), x_s, x_r, cfg)["loss"]
+        loss = objective(x_s, x_r)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -191,80 +206,162 @@ def escape_test(ckpt: Path, cfg: Config, xs: Tensor, xr: Tensor, cube: Tensor, s
 
 
 # ---- main ---------------------------------------------------------------------------------------------
-def main(argv: list[str]) -> int:
+ARCH_DEFAULTS = {   # CPU-sized settings per architecture: ngf, blocks, ndf, batch, G lr, D lr
+    "sensor": (16, 2, 32, 8, 2e-4, 4e-4),
+    "original": (8, 2, 16, 2, 2e-4, 0.0),
+}
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=8.0, help="training time budget")
+    ap.add_argument("--minutes", type=float, default=25.0, help="translator training time budget")
     ap.add_argument("--out", default="checkpoints/bench_transfer")
-    ap.add_argument("--ngf", type=int, default=8, help="generator width (spec: 64)")
-    ap.add_argument("--blocks", type=int, default=2, help="generator residual blocks (spec: 9)")
-    ap.add_argument("--ndf", type=int, default=16, help="discriminator width (spec: 64)")
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (spec: 2e-4)")
+    ap.add_argument("--arch", choices=tuple(ARCH_DEFAULTS), default="sensor", help="gan_arch of the translator")
+    ap.add_argument("--real-set", choices=("mismatch", "simreal"), default="mismatch")
+    ap.add_argument("--data-root", default="", help="NYU-format folder as the real domain (overrides --real-set)")
+    ap.add_argument("--ngf", type=int, default=0, help="generator width (0 = the arch's CPU default; spec: 64)")
+    ap.add_argument("--blocks", type=int, default=-1, help="generator blocks (-1 = the arch's CPU default; spec: 9)")
+    ap.add_argument("--ndf", type=int, default=0, help="discriminator width (0 = the arch's CPU default)")
+    ap.add_argument("--batch", type=int, default=0, help="batch size (0 = the arch's CPU default)")
+    ap.add_argument("--lr", type=float, default=0.0, help="generator Adam learning rate (0 = the arch's default)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--n-eval", type=int, default=1000, help="held-out synthetic crops")
     ap.add_argument("--clf-steps", type=int, default=300)
-    ap.add_argument("--skip-train", action="store_true", help="evaluate an existing <out>/latest.pt")
+    ap.add_argument("--skip-train", action="store_true", help="evaluate an existing <out>/best.pt")
+    ap.add_argument("--downstream", action="store_true", help="also run the self-supervision experiment with and without it")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the downstream runs")
     ap.add_argument("--diagnose", action="store_true",
-                    help="only run escape_test on <out>/latest.pt (is the generator held at the identity?)")
-    args, extra = ap.parse_known_args(argv)
+                    help="only run escape_test on <out>/latest.pt (is a cycle generator held at the identity?)")
+    return ap.parse_known_args(argv)
+
+
+def real_domain(args) -> list[str]:
+    """Settings that make the real-like set the training set (generated on first use)."""
+    if args.data_root:
+        return ["dataset=nyu", f"data_root={args.data_root}"]
+    if args.real_set == "simreal":
+        return ["dataset=simreal", "data_root=data/simreal_exp"]
+    from datasets.mismatch import ensure_mismatch
+    return ["dataset=nyu", f"data_root={ensure_mismatch('data/mismatch_exp')}"]
+
+
+def main(argv: list[str]) -> int:
+    args, extra = parse(argv)
     out = Path(args.out)
-    base = ["dataset=simreal", "phase=train", "train_stage=transfer", f"out_dir={out}", "num_workers=0",
-            "device=cpu", f"gan_ngf={args.ngf}", f"gan_blocks={args.blocks}", f"gan_ndf={args.ndf}",
-            f"gan_batch_size={args.batch}", f"gan_lr={args.lr}", "val_size=128", "image_log_interval=100", "log_interval=10"]
+    ngf, blocks, ndf, batch, lr, lr_d = ARCH_DEFAULTS[args.arch]
+    ngf, ndf, batch = args.ngf or ngf, args.ndf or ndf, args.batch or batch
+    blocks, lr = (args.blocks if args.blocks >= 0 else blocks), (args.lr or lr)
+    domain = real_domain(args)
+    if args.real_set == "simreal" and not args.data_root:
+        from datasets.simreal import ensure_simreal
+        ensure_simreal(make_config(domain))
+    base = domain + ["phase=train", "train_stage=transfer", f"out_dir={out}", "num_workers=0",
+                     "device=cpu", f"gan_arch={args.arch}", f"gan_ngf={ngf}", f"gan_blocks={blocks}", f"gan_ndf={ndf}",
+                     f"gan_batch_size={batch}", f"gan_lr={lr}", f"gan_lr_d={lr_d}", "val_size=128",
+                     "image_log_interval=100", "log_interval=10"]
     cfg = make_config(base + extra)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from datasets.simreal import ensure_simreal
     from stages.engine import select_device
-    ensure_simreal(cfg)
     device = select_device(cfg.device)
-    report: dict = {"command": "python bench/bench_transfer.py " + " ".join(argv), "train": {}}
+    report: dict = {"command": "python bench/bench_transfer.py " + " ".join(argv), "arch": args.arch,
+                    "real_domain": domain, "train": {}}
     if args.diagnose:
-        xs, cube_z = synthetic_crops(cfg, 8, cfg.seed + 7_777_777, device)
-        cube = torch.stack([cube_z] * 3, dim=1).to(device)
-        res = escape_test(out / "latest.pt", cfg, xs.to(device), real_crops(cfg, "test", 8).to(device), cube)
-        print("| G_A trained 10 steps on | adv before | adv after | hand change (nu) | background change (nu) |\n"
-              "|---|---|---|---|---|")
-        for k, v in res.items():
-            print(f"| {k} | {v['adv_before']:.3f} | {v['adv_after']:.3f} | {v['hand_change_nu']:.4f} | "
-                  f"{v['background_change_nu']:.4f} |")
-        return 0
+        if args.arch != "original":
+            raise SystemExit("--diagnose studies the cycle generator: add --arch original (and its run's --out)")
+        return diagnose(out, cfg, device)
     if not args.skip_train:
-        sps = seconds_per_step(cfg, device)
-        steps = max(1, int(args.minutes * 60 / sps))
-        from datasets import build_dataset
-        spe = len(build_dataset(cfg, "train", labels=False)) // args.batch
-        epochs = max(2, math.ceil(steps / spe))
-        cfg = make_config(base + extra + [f"max_steps={steps}", f"gan_epochs_constant={epochs // 2}",
-                                          f"gan_epochs_decay={epochs - epochs // 2}"])
-        print(f"bench: {sps:.2f} s/step -> {steps} steps ({epochs} epochs of {spe}) for {args.minutes} min", flush=True)
-        t0 = time.time()
-        from stages.transfer import run
-        res = run(cfg)
-        report["train"] = {"seconds_per_step": sps, "steps": steps, "train_seconds": round(time.time() - t0, 1),
-                           "last_losses": res["last_losses"], "val": res["val"]}
-    G = load_translator(out / "latest.pt", device)
+        report["train"] = train_for(cfg, base, extra, args.minutes, batch, device)
+    G = load_translator(out / "best.pt", device)
     clean, cube_z = synthetic_crops(cfg, args.n_eval, cfg.seed + 7_777_777, device)
     raw = torch.cat([translate(G, clean[i:i + 64].to(device)).cpu() for i in range(0, len(clean), 64)])
     snapped = torch.where(raw >= FG, torch.ones_like(raw), raw)
     real_tr, real_te = real_crops(cfg, "train", 1000), real_crops(cfg, "test", 1000)
+    save_sheet(out / "sheet.png", clean, snapped, real_te)
+    report.update(realism=realism(clean, snapped, real_tr, real_te, args.clf_steps),
+                  fidelity_raw=foreground_fidelity(raw, clean, FG, 0.5 * cube_z),
+                  fidelity_snapped=foreground_fidelity(snapped, clean, FG, 0.5 * cube_z),
+                  range=[float(raw.min()), float(raw.max())], n_eval=len(clean), n_real=[len(real_tr), len(real_te)])
+    if args.downstream:
+        report["downstream"] = downstream(out, args, extra)
+    print_table(report)
+    (out / "bench_transfer.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def train_for(cfg: Config, base: list[str], extra: list[str], minutes: float, batch: int, device) -> dict:
+    """Train the translator for about `minutes` (steps from a measured step time) -> training report."""
+    sps = seconds_per_step(cfg, device)
+    steps = max(1, int(minutes * 60 / sps))
+    from datasets import build_dataset
+    spe = len(build_dataset(cfg, "train", labels=False)) // batch
+    epochs = max(2, math.ceil(steps / spe))
+    cfg = make_config(base + extra + [f"max_steps={steps}", f"gan_epochs_constant={epochs // 2}",
+                                      f"gan_epochs_decay={epochs - epochs // 2}"])
+    print(f"bench: {sps:.2f} s/step -> {steps} steps ({epochs} epochs of {spe}) for {minutes} min", flush=True)
+    t0 = time.time()
+    from stages.transfer import run
+    res = run(cfg)
+    return {"seconds_per_step": sps, "steps": steps, "train_seconds": round(time.time() - t0, 1),
+            "last_losses": res["last_losses"], "val": res["val"]}
+
+
+def realism(clean: Tensor, translated: Tensor, real_tr: Tensor, real_te: Tensor, clf_steps: int) -> dict:
+    """Distances to real and C2ST accuracies of the clean and the translated crops."""
     half = len(clean) // 2
-    sets = {"clean": clean, "translated": snapped}
+    sets = {"clean": clean, "translated": translated}
     stats = {k: pixel_stats(v) for k, v in {"real": real_te, **sets}.items()}
     rows = {}
     for name, x in sets.items():
-        acc, net = c2st(real_tr, x[:half], real_te, x[half:], args.clf_steps, seed=1)
+        acc, net = c2st(real_tr, x[:half], real_te, x[half:], clf_steps, seed=1)
         rows[name] = {f"W1_{k}": wasserstein(stats[name][k], stats["real"][k]) for k in stats["real"]}
         rows[name]["c2st_acc"] = acc
         if name == "clean":
-            rows["translated_by_clean_clf"] = float(p_real(net, snapped[half:]))
+            rows["translated_by_clean_clf"] = float(p_real(net, translated[half:]))
             rows["clean_by_clean_clf"] = float(p_real(net, clean[half:]))
-    fid_raw = foreground_fidelity(raw, clean, FG, 0.5 * cube_z)
-    fid_snap = foreground_fidelity(snapped, clean, FG, 0.5 * cube_z)
-    report.update(realism=rows, fidelity_raw=fid_raw, fidelity_snapped=fid_snap,
-                  range=[float(raw.min()), float(raw.max())], n_eval=len(clean), n_real=[len(real_tr), len(real_te)])
-    print_table(report)
-    (out / "bench_transfer.json").write_text(json.dumps(report, indent=2))
+    return rows
+
+
+def save_sheet(path: Path, clean: Tensor, translated: Tensor, real: Tensor, n: int = 6) -> None:
+    """PNG of n rows: clean | translated (same sample) | real (another frame); near = bright."""
+    import cv2
+    to8 = lambda x: ((1.0 - x[0].clamp(-1, 1)) * 127.5).round().byte().numpy()  # noqa: E731
+    idx = torch.linspace(0, len(real) - 1, n).long()
+    sep = np.full((128, 4), 255, np.uint8)
+    rows = [np.concatenate([to8(clean[i]), sep, to8(translated[i]), sep, to8(real[int(idx[i])])], 1) for i in range(n)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.concatenate(rows, 0))
+
+
+def downstream(out: Path, args: argparse.Namespace, extra: list[str]) -> dict:
+    """Rows of bench/experiment_selfsup.py (its default budget) without and with the translator
+    out/best.pt, same seed; returns {'without': errors_mm, 'with': errors_mm} (mm per row)."""
+    from bench import experiment_selfsup as ex
+    where = ["--data-root", args.data_root] if args.data_root else ["--real-set", args.real_set]
+    res = {}
+    for tag in ("without", "with"):
+        if tag == "with":      # pretraining without the translator and sup are the same runs: share them
+            seed_dir = out / "downstream" / "with" / f"seed{args.seed}"
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("pre", "sup"):
+                if not (seed_dir / name).exists():
+                    (seed_dir / name).symlink_to((out / "downstream" / "without" / f"seed{args.seed}" / name).resolve())
+        tn = ["--transfer-net", str((out / "best.pt").resolve())] if tag == "with" else []
+        ex_args = ex.parse_args(where + ["--out", str(out / "downstream" / tag), "--seeds", str(args.seed),
+                                         "--variant", "head"] + tn)
+        res[tag] = ex.one_seed(args.seed, Path(ex_args.out), ex_args, ["num_workers=1"] + extra)["errors_mm"]
+    return res
+
+
+def diagnose(out: Path, cfg: Config, device) -> int:
+    xs, cube_z = synthetic_crops(cfg, 8, cfg.seed + 7_777_777, device)
+    cube = torch.stack([cube_z] * 3, dim=1).to(device)
+    res = escape_test(out / "latest.pt", cfg, xs.to(device), real_crops(cfg, "test", 8).to(device), cube)
+    print("| G_A trained 10 steps on | adv before | adv after | hand change (nu) | background change (nu) |\n"
+          "|---|---|---|---|---|")
+    for k, v in res.items():
+        print(f"| {k} | {v['adv_before']:.3f} | {v['adv_after']:.3f} | {v['hand_change_nu']:.4f} | "
+              f"{v['background_change_nu']:.4f} |")
     return 0
 
 
@@ -282,7 +379,19 @@ def print_table(r: dict) -> None:
     print(f"  snapped: mean |G_A(x)-x| on hand {s['fg_abs_nu']:.4f} nu = {s['fg_abs_mm']:.2f} mm, "
           f"hand pixels -> background {100 * s['fg_lost_frac']:.2f} %")
     print(f"  output range [{r['range'][0]:.3f}, {r['range'][1]:.3f}]")
+    if "downstream" in r:
+        print_downstream(r["downstream"])
     print(f"\ncommand: {r['command']}")
+
+
+def print_downstream(d: dict) -> None:
+    """Test errors (mm, last stage) of the runs without and with the translator, both protocols."""
+    rows = [(f"{tag}: {name}", e) for tag in ("without", "with") for name, e in d[tag].items()
+            if name in ("pre", "pre_tn", "ft", "ctrl_no_real", "ctrl_synth", "sup")]
+    keys = [(p, k) for p in ("standard", "dsf") for k in sorted(rows[0][1]["standard"])]
+    print("\n| downstream run | " + " | ".join(f"{p} {k}" for p, k in keys) + " |\n|---|" + "---|" * len(keys))
+    for name, e in rows:
+        print(f"| {name} | " + " | ".join(f"{e[p][k]:.2f}" for p, k in keys) + " |")
 
 
 if __name__ == "__main__":

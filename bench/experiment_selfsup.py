@@ -75,7 +75,7 @@ def evaluate(ckpt: Path, out_dir: Path, common: list[str]) -> dict:
     done = out_dir / "metrics.json"
     if done.is_file() and done.stat().st_mtime > ckpt.stat().st_mtime:
         metrics = json.loads(done.read_text())
-        if metrics.get("checkpoint") == str(ckpt):
+        if metrics.get("checkpoint") and Path(metrics["checkpoint"]).resolve() == ckpt.resolve():   # via links too
             return {p: {k: round(float(v["mean_mm"]), 3) for k, v in metrics["protocols"][p].items()} for p in PROTOCOLS}
     metrics = run_stage(make_config(common + ["phase=test", f"load_model={ckpt}", f"out_dir={out_dir}",
                                               "save_overlays=0"]))
@@ -103,10 +103,13 @@ def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
     pre_steps, ft_steps = f"max_steps={args.pretrain_steps}", f"max_steps={args.finetune_steps}"
     runs = {"pre": train("pre", out, common, ["train_stage=pretrain", pre_steps], log)}
     init, tn_args = runs["pre"], []
-    if not args.skip_transfer:
-        tn = train("transfer", out, common, ["train_stage=transfer", f"max_steps={args.transfer_steps}"]
-                   + args.transfer_extra, log)
-        tn_args = [f"transfer_net={tn.parent / 'best.pt'}"]
+    if args.transfer_net or not args.skip_transfer:
+        if args.transfer_net:
+            tn_args = [f"transfer_net={args.transfer_net}"]
+        else:
+            tn = train("transfer", out, common, ["train_stage=transfer", f"max_steps={args.transfer_steps}"]
+                       + args.transfer_extra, log)
+            tn_args = [f"transfer_net={tn.parent / 'best.pt'}"]
         init = runs["pre_tn"] = train("pre_tn", out, common, ["train_stage=pretrain", pre_steps] + tn_args, log)
     ft_common = ["train_stage=finetune", ft_steps, f"load_model={init}", f"num_points={args.ft_points}"] + tn_args
     runs["ctrl_no_real"] = train("ctrl_no_real", out, common, ft_common + [f"{w}=0" for w in REAL_WEIGHTS], log)
@@ -172,7 +175,8 @@ def plot_curve(results: dict, path: Path, last: int) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options (everything but the key=value settings)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="checkpoints/experiment_selfsup")
     p.add_argument("--real-set", choices=("mismatch", "simreal"), default="mismatch")
@@ -195,6 +199,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--transfer-steps", type=int, default=2000)
     p.add_argument("--transfer-extra", nargs="*", default=[], help="key=value settings of the translator run")
     p.add_argument("--skip-sup", action="store_true", help="leave out sup (and so the effect)")
+    p.add_argument("--transfer-net", default="", help="use this translator checkpoint (e.g. from bench/bench_transfer.py) "
+                   "instead of training one: rows pre_tn, and ft and the controls start from pre_tn")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
     passthrough, rest = [], []
     grab = False      # key=value right after --ft-extra / --transfer-extra belong to them
     for a in argv:
@@ -206,7 +216,7 @@ def main(argv: list[str]) -> int:
             passthrough.append(a)
             continue
         rest.append(a)
-    args = p.parse_args(rest)
+    args = parse_args(rest)
     out = Path(args.out)
     results = {}
     for seed in args.seeds:

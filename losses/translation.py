@@ -25,6 +25,26 @@ def lsgan_discriminator_loss(pred_real: Tensor, pred_fake: Tensor) -> Tensor:
     return 0.5 * (((pred_real - 1.0) ** 2).mean() + (pred_fake ** 2).mean())
 
 
+def hinge_discriminator_loss(real_scores: list[Tensor], fake_scores: list[Tensor]) -> Tensor:
+    """Hinge loss of (multi-scale) discriminators: sum over scales of mean(relu(1 - D(real))) +
+    mean(relu(1 + D(fake))) -> scalar (0 once real scores >= 1 and fake scores <= -1)."""
+    return sum(F.relu(1.0 - r).mean() + F.relu(1.0 + f).mean() for r, f in zip(real_scores, fake_scores))
+
+
+def hinge_generator_loss(fake_scores: list[Tensor]) -> Tensor:
+    """Generator side of the hinge loss: -sum over scales of mean(D(G(x))) -> scalar.  Its gradient
+    does not vanish when the discriminator is confident (unlike the LSGAN term near the identity)."""
+    return -sum(f.mean() for f in fake_scores)
+
+
+def hole_budget_loss(hole_prob: Tensor, hand: Tensor, budget: float) -> Tensor:
+    """relu(expected fraction of hand pixels made missing - budget) over the batch -> scalar.
+
+    hole_prob (B, 1, S, S) per-pixel missing probability, hand (B, 1, S, S) bool mask of the clean
+    hand.  Zero while the generator stays within the budget, so holes are free up to it."""
+    return F.relu(masked_mean(hole_prob, hand) - budget)
+
+
 # ---- reconstruction ---------------------------------------------------------------------------
 def cycle_loss(reconstructed: Tensor, original: Tensor) -> Tensor:
     """||G_B(G_A(x)) - x||_1 mean over pixels (B, 1, S, S) -> scalar."""

@@ -140,23 +140,28 @@ def translate(G: nn.Module, x: Tensor, snap_threshold: float | None = None) -> T
     return snap_background(y, snap_threshold) if snap_threshold is not None else y
 
 
-def generator_from_checkpoint(ckpt: dict, name: str = "G_A") -> ResnetGenerator:
+def generator_from_checkpoint(ckpt: dict, name: str = "G_A") -> nn.Module:
     """Rebuild generator `name` ('G_A' or 'G_B') from a transfer checkpoint dict (engine format:
     'model' = state dict of the four networks with keys '<name>.*', 'config' = the run's Config dict
-    with gan_ngf and gan_blocks).  KeyError when the checkpoint is not a transfer checkpoint."""
+    with gan_ngf and gan_blocks; gan_arch=sensor rebuilds a models.sensor_translator.SensorGenerator).
+    KeyError when the checkpoint is not a transfer checkpoint."""
     model, cfg = ckpt.get("model"), ckpt.get("config") or {}
     prefix = f"{name}."
     if not isinstance(model, dict) or not any(k.startswith(prefix) for k in model):
         raise KeyError(f"no '{prefix}*' weights in the checkpoint: not a train_stage=transfer checkpoint")
     if "gan_ngf" not in cfg or "gan_blocks" not in cfg:
         raise KeyError("the checkpoint's config lacks gan_ngf / gan_blocks")
-    G = ResnetGenerator(ngf=int(cfg["gan_ngf"]), n_blocks=int(cfg["gan_blocks"]),
-                        residual=bool(cfg.get("gan_residual", False)))
+    if cfg.get("gan_arch", "original") == "sensor":
+        from stages.transfer_sensor import sensor_generator
+        G = sensor_generator(cfg)
+    else:
+        G = ResnetGenerator(ngf=int(cfg["gan_ngf"]), n_blocks=int(cfg["gan_blocks"]),
+                            residual=bool(cfg.get("gan_residual", False)))
     G.load_state_dict({k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)})
     return G
 
 
-def load_translator(path: str | Path | None, device: torch.device | str = "cpu") -> ResnetGenerator | None:
+def load_translator(path: str | Path | None, device: torch.device | str = "cpu") -> nn.Module | None:
     """The frozen synthetic -> real generator G_A of a `train_stage=transfer` checkpoint, or None.
 
     Contract for the pretraining / finetuning stages:

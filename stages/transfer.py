@@ -1,5 +1,8 @@
 """train_stage=transfer: the Consis-CycleGAN sim-to-real translator (spec 9.2).
 
+gan_arch=original (this module) is the spec's method; gan_arch=sensor swaps in the one-sided sensor
+translator of stages/transfer_sensor.py inside the same loop (data, validation, selection, images).
+
 Domain A: clean synthetic crops rendered on the fly for the target dataset (spec 8.2, occlusion on);
 domain B: real training crops of the target dataset (labels never loaded).  G_A: synthetic -> real
 (the translator that pretraining / finetuning load with `models.translator.load_translator`),
@@ -34,6 +37,7 @@ from stages import engine
 from stages.checkpoints import architecture_config, load_checkpoint
 from stages.common import ensure_real_data, finish
 from stages.loaders import BatchStream
+from stages.transfer_sensor import SensorGAN, make_sensor_optimizer, sensor_losses
 
 ACCEPT_FG_ABS_NU = 0.03     # spec 9.2 acceptance: mean |G_A(x)-x| over the hand mask (nu)
 ACCEPT_LOST_FRAC = 0.05     # spec 9.2 acceptance: fraction of hand pixels turned into background
@@ -123,10 +127,13 @@ def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Adam, tor
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, c, d))
 
 
-def translation_grid(images: dict[str, Tensor], n: int = 4) -> Tensor:
-    """Columns synthetic | translated | reconstructed | real | real->synthetic for n samples:
-    RGB (3, n*S, 5*S) in [0, 1] (near = bright, background black) for SummaryWriter.add_image."""
-    cols = ("synthetic", "translated", "reconstructed", "real", "real_to_synthetic")
+CYCLE_COLUMNS = ("synthetic", "translated", "reconstructed", "real", "real_to_synthetic")
+SENSOR_COLUMNS = ("synthetic", "translated", "real")
+
+
+def translation_grid(images: dict[str, Tensor], n: int = 4, cols: tuple[str, ...] = CYCLE_COLUMNS) -> Tensor:
+    """Columns `cols` (default synthetic | translated | reconstructed | real | real->synthetic) for n
+    samples: RGB (3, n*S, len(cols)*S) in [0, 1] (near = bright, background black) for add_image."""
     n = min(n, *(images[c].shape[0] for c in cols))
     rows = [torch.cat([images[c][b, 0].detach().float().cpu() for c in cols], dim=1) for b in range(n)]
     g = ((1.0 - torch.cat(rows, dim=0).clamp(-1, 1)) / 2.0)
@@ -205,16 +212,24 @@ def run(cfg: Config) -> dict:
     renderer = HandRenderer(hand_model, size=CROP_SIZE)
     renderer = renderer.to(dev) if isinstance(renderer, nn.Module) else renderer
     synth = SyntheticHands(cfg, hand_model, renderer, cfg.gan_synth_rotation)
-    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual).to(dev)
+    sensor = cfg.gan_arch == "sensor"
+    if sensor:
+        model = SensorGAN(cfg).to(dev)
+        opt = make_sensor_optimizer(model, cfg)
+        c, d = cfg.gan_epochs_constant, cfg.gan_epochs_decay
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, c, d))
+    else:
+        model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual).to(dev)
+        opt, sched = make_optimizer(model, cfg)
     net = engine.wrap_model(model, run_)
-    opt, sched = make_optimizer(model, cfg)
     gen, pool_gen = torch.Generator(dev).manual_seed(run_.seed), torch.Generator().manual_seed(run_.seed + 1)
-    pools = {"pool_A": ImagePool(cfg.gan_pool_size, pool_gen), "pool_B": ImagePool(cfg.gan_pool_size, pool_gen)}
+    pools = {} if sensor else {"pool_A": ImagePool(cfg.gan_pool_size, pool_gen),
+                               "pool_B": ImagePool(cfg.gan_pool_size, pool_gen)}
     pose_for = build_pose_term(cfg, renderer, dev)
     val_clean, val_cube = held_out_synthetic(synth, cfg.val_size, cfg.seed + 104_729, dev)
     stream, last = BatchStream(real, run_, B, spe), {}
     run_.print(f"transfer: A = synthetic clean crops (rotation {cfg.gan_synth_rotation}, occlusion "
-               f"{cfg.synth_occlusion}), B = {len(real)} real '{cfg.dataset}' training crops; G ngf={cfg.gan_ngf} "
+               f"{cfg.synth_occlusion}), B = {len(real)} real '{cfg.dataset}' training crops; {cfg.gan_arch} translator, G ngf={cfg.gan_ngf} "
                f"blocks={cfg.gan_blocks}{' residual' if cfg.gan_residual else ''}, D ndf={cfg.gan_ndf}; batch {B}, {spe} steps/epoch, {total} steps; "
                f"pose consistency {'on' if pose_for else 'off'}")
 
@@ -222,6 +237,11 @@ def run(cfg: Config) -> dict:
         x_r = stream.batch(step)["depth"].to(run_.device, non_blocking=True)
         batch = synth.batch(B, gen, dev)
         x_s = batch["clean"]
+        if sensor:
+            with run_.autocast():
+                out = net(x_s, x_r, gen)
+            last.update(synthetic=x_s, real=x_r, translated=out["translated"])
+            return sensor_losses(out, cfg)
         with run_.autocast():
             out = net(x_s, x_r, pools["pool_A"], pools["pool_B"], identity=cfg.w_gan_idt > 0)
         losses = cyclegan_losses(out, x_s, x_r, cfg, pose_for(batch) if pose_for else None,
@@ -235,6 +255,6 @@ def run(cfg: Config) -> dict:
         return st
 
     result = engine.train(run_, net, opt, sched, step_fn, total, spe, validate_fn=validate_fn, best_key="select",
-                          generators=[gen, pool_gen], image_fn=lambda step: {"transfer/images": translation_grid(last)},
+                          generators=[gen, pool_gen], image_fn=lambda step: {"transfer/images": translation_grid(last, cols=SENSOR_COLUMNS if sensor else CYCLE_COLUMNS)},
                           state_extra=pools)
     return finish(run_, result)

@@ -100,10 +100,11 @@ def test_supervised_stage_and_exact_resume(data_root, tmp_path):
     assert (tmp_path / "b" / "config.step3.yaml").is_file()      # max_steps changed: old settings kept
 
 
-def test_transfer_stage_with_defaults_on(data_root, tmp_path):
+@pytest.mark.parametrize("arch", ["original", "sensor"])
+def test_transfer_stage_with_defaults_on(data_root, tmp_path, arch):
     out = tmp_path / "transfer"
-    res = run(_cfg(data_root, out, train_stage="transfer", gan_ngf=4, gan_blocks=1, gan_ndf=4, gan_batch_size=2,
-                   gan_epochs_constant=1, gan_epochs_decay=1, max_steps=13))   # 11 steps per epoch
+    res = run(_cfg(data_root, out, train_stage="transfer", gan_arch=arch, gan_ngf=4, gan_blocks=1, gan_ndf=4,
+                   gan_batch_size=2, gan_epochs_constant=1, gan_epochs_decay=1, max_steps=13))   # 11 steps per epoch
     ck = torch.load(out / "latest.pt", weights_only=False)
     assert ck["step"] == 13 and ck["epoch"] == 1 and "fg_abs_nu" in res["val"]
     assert "transfer/images" in image_tags(out)
@@ -112,6 +113,9 @@ def test_transfer_stage_with_defaults_on(data_root, tmp_path):
     crop = torch.ones(1, 1, 128, 128)
     crop[..., 40:90, 40:90] = 0.0
     assert np.isfinite(translate(G, crop).numpy()).all()
+    pre = run(_cfg(data_root, tmp_path / "pre", train_stage="pretrain", stage_num=1, max_steps=2,
+                   transfer_net=str(out / "best.pt")))               # pretraining on its translated crops
+    assert np.isfinite(pre["last_losses"]["loss"])
 
 
 def test_missing_test_frame_keeps_its_row_and_the_scorer_names_it(pretrained, data_root, tmp_path):
