@@ -145,17 +145,14 @@ def seconds_per_step(cfg: Config, device: torch.device, reps: int = 3) -> float:
     from models.mano import build_hand_model
     from render.camera import CROP_SIZE
     from render.hand_renderer import HandRenderer
-    from stages.transfer import ConsisCycleGAN, cyclegan_losses, make_optimizer
-    from stages.transfer_sensor import SensorGAN, make_sensor_optimizer, sensor_losses
+    from stages.transfer import build_translator, cyclegan_losses
+    from stages.transfer_sensor import sensor_losses
     hand = build_hand_model(cfg).to(device)
     synth = SyntheticHands(cfg, hand, HandRenderer(hand, size=CROP_SIZE), cfg.gan_synth_rotation)
+    model, opt, _ = build_translator(cfg, device)
     if cfg.gan_arch == "sensor":
-        model = SensorGAN(cfg).to(device)
-        opt = make_sensor_optimizer(model, cfg)
         objective = lambda x_s, x_r: sensor_losses(model(x_s, x_r), cfg)  # noqa: E731
     else:
-        model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual).to(device)
-        opt, _ = make_optimizer(model, cfg)
         objective = lambda x_s, x_r: cyclegan_losses(model(x_s, x_r), x_s, x_r, cfg)  # noqa: E731
     x_r = real_crops(cfg, "train", cfg.gan_batch_size).to(device)
     g = torch.Generator(device).manual_seed(1)

@@ -103,13 +103,13 @@ def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
     pre_steps, ft_steps = f"max_steps={args.pretrain_steps}", f"max_steps={args.finetune_steps}"
     runs = {"pre": train("pre", out, common, ["train_stage=pretrain", pre_steps], log)}
     init, tn_args = runs["pre"], []
-    if args.transfer_net or not args.skip_transfer:
-        if args.transfer_net:
-            tn_args = [f"transfer_net={args.transfer_net}"]
-        else:
-            tn = train("transfer", out, common, ["train_stage=transfer", f"max_steps={args.transfer_steps}"]
-                       + args.transfer_extra, log)
-            tn_args = [f"transfer_net={tn.parent / 'best.pt'}"]
+    if args.transfer_net:
+        tn_args = [f"transfer_net={args.transfer_net}"]
+    elif not args.skip_transfer:
+        tn = train("transfer", out, common, ["train_stage=transfer", f"max_steps={args.transfer_steps}"]
+                   + args.transfer_extra, log)
+        tn_args = [f"transfer_net={tn.parent / 'best.pt'}"]
+    if tn_args:
         init = runs["pre_tn"] = train("pre_tn", out, common, ["train_stage=pretrain", pre_steps] + tn_args, log)
     ft_common = ["train_stage=finetune", ft_steps, f"load_model={init}", f"num_points={args.ft_points}"] + tn_args
     runs["ctrl_no_real"] = train("ctrl_no_real", out, common, ft_common + [f"{w}=0" for w in REAL_WEIGHTS], log)

@@ -61,8 +61,6 @@ class SensorGenerator(nn.Module):
     def __init__(self, ngf: int = 16, n_blocks: int = 2, offset_max_nu: float = 0.015, fg_threshold: float = 0.99,
                  paint_margin_px: int = 6):
         super().__init__()
-        self.arch = {"ngf": ngf, "n_blocks": n_blocks, "offset_max_nu": offset_max_nu, "fg_threshold": fg_threshold,
-                     "paint_margin_px": paint_margin_px}
         self.offset_max_nu, self.fg_threshold, self.paint_margin_px = offset_max_nu, fg_threshold, paint_margin_px
         w = [ngf, 2 * ngf, 4 * ngf, 8 * ngf]
         self.enc = nn.ModuleList([_conv(2, w[0]), _conv(w[0], w[1], 2), _conv(w[1], w[2], 2), _conv(w[2], w[3], 2)])

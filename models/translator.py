@@ -80,7 +80,6 @@ class ResnetGenerator(nn.Module):
     def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9, residual: bool = False):
         super().__init__()
         self.residual = residual
-        self.arch = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks, "residual": residual}
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), _norm(ngf), nn.ReLU(True)]
         ch = ngf
         for _ in range(2):  # two stride-2 down-samplings
@@ -110,7 +109,6 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, in_ch: int = 1, ndf: int = 64):
         super().__init__()
-        self.arch = {"in_ch": in_ch, "ndf": ndf}
         lrelu = lambda: nn.LeakyReLU(0.2, True)  # noqa: E731
         self.model = nn.Sequential(
             nn.Conv2d(in_ch, ndf, 4, 2, 1), lrelu(),

@@ -123,8 +123,24 @@ def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Adam, tor
 
     Adam is per-parameter, so one optimizer over G and D equals the usual two optimizers."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.gan_lr, betas=(cfg.gan_beta1, cfg.gan_beta2))
+    return opt, lr_schedule(opt, cfg)
+
+
+def lr_schedule(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch schedule of a translator optimizer: lr_factor(gan_epochs_constant, gan_epochs_decay)."""
     c, d = cfg.gan_epochs_constant, cfg.gan_epochs_decay
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, c, d))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, c, d))
+
+
+def build_translator(cfg: Config, device: torch.device | str
+                     ) -> tuple[nn.Module, torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """The networks of cfg.gan_arch on `device` (ConsisCycleGAN or SensorGAN), their Adam and schedule."""
+    if cfg.gan_arch == "sensor":
+        model = SensorGAN(cfg).to(device)
+        opt = make_sensor_optimizer(model, cfg)
+        return model, opt, lr_schedule(opt, cfg)
+    model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual).to(device)
+    return (model, *make_optimizer(model, cfg))
 
 
 CYCLE_COLUMNS = ("synthetic", "translated", "reconstructed", "real", "real_to_synthetic")
@@ -213,14 +229,7 @@ def run(cfg: Config) -> dict:
     renderer = renderer.to(dev) if isinstance(renderer, nn.Module) else renderer
     synth = SyntheticHands(cfg, hand_model, renderer, cfg.gan_synth_rotation)
     sensor = cfg.gan_arch == "sensor"
-    if sensor:
-        model = SensorGAN(cfg).to(dev)
-        opt = make_sensor_optimizer(model, cfg)
-        c, d = cfg.gan_epochs_constant, cfg.gan_epochs_decay
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, c, d))
-    else:
-        model = ConsisCycleGAN(cfg.gan_ngf, cfg.gan_blocks, cfg.gan_ndf, cfg.gan_residual).to(dev)
-        opt, sched = make_optimizer(model, cfg)
+    model, opt, sched = build_translator(cfg, dev)
     net = engine.wrap_model(model, run_)
     gen, pool_gen = torch.Generator(dev).manual_seed(run_.seed), torch.Generator().manual_seed(run_.seed + 1)
     pools = {} if sensor else {"pool_A": ImagePool(cfg.gan_pool_size, pool_gen),

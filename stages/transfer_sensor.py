@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from config import Config
-from losses.translation import hinge_discriminator_loss, hinge_generator_loss, hole_budget_loss
+from losses.translation import hinge_discriminator_loss, hinge_generator_loss, hole_budget_loss, masked_mean
 from models.sensor_translator import MultiScaleDiscriminator, SensorGenerator, diff_augment
 
 
@@ -41,10 +41,10 @@ class SensorGAN(nn.Module):
 
 def sensor_generator(cfg: Config) -> SensorGenerator:
     """The G_A of a gan_arch=sensor run, from its settings (plain dict or Config)."""
-    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k)
-    return SensorGenerator(ngf=int(get("gan_ngf")), n_blocks=int(get("gan_blocks")),
-                           offset_max_nu=float(get("gan_offset_max_nu")), fg_threshold=float(get("fg_threshold_nu")),
-                           paint_margin_px=int(get("gan_paint_margin_px", 0)))
+    c = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return SensorGenerator(ngf=int(c["gan_ngf"]), n_blocks=int(c["gan_blocks"]),
+                           offset_max_nu=float(c["gan_offset_max_nu"]), fg_threshold=float(c["fg_threshold_nu"]),
+                           paint_margin_px=int(c.get("gan_paint_margin_px", 0)))
 
 
 def sensor_losses(out: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
@@ -57,9 +57,8 @@ def sensor_losses(out: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
     t["G"] = cfg.w_gan_adv * t["adv"] + cfg.w_gan_hole * t["hole"]
     t["loss"] = t["G"] + t["D"]
     with torch.no_grad():
-        hf = hand.to(out["hole_prob"].dtype)
-        t["hole_frac"] = (out["hole_prob"] * hf).sum() / hf.sum().clamp(min=1)
-        t["paint_frac"] = (out["paint_prob"] * (1 - hf)).sum() / (1 - hf).sum().clamp(min=1)
+        t["hole_frac"] = masked_mean(out["hole_prob"], hand)
+        t["paint_frac"] = masked_mean(out["paint_prob"], ~hand)
     return t
 
 
