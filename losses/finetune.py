@@ -10,6 +10,13 @@ Real part, stages s = 1..S, teacher = stage S detached:
   the reliable (sample, joint) pairs of 10.4.
 With S = 1 this is the one-stage variant of 10.7 (the stage is its own teacher).
 
+Mean teacher (`teacher_outputs`, cfg.finetune_teacher=average): the targets above, the hand box, the
+segmentation and the model -> pixel gate come from the last stage of another network's outputs (the
+moving average of the trained weights, run without gradient) instead of the trained network's own.
+Why: under model mismatch the trained weights swing from step to step, and a network taught by its own
+detached predictions keeps its own errors; the average is steadier and (measured) more accurate, so
+its predictions are better targets.
+
 Every term is returned separately (already weighted) under a name `real/s{stage}_{term}`.
 """
 from __future__ import annotations
@@ -120,16 +127,27 @@ def distillation_terms(maps: Tensor, render, depth: Tensor, teacher: Teacher, cf
     }
 
 
-def inter_branch_terms(maps: Tensor, render, boxed_render: Tensor, depth: Tensor, teacher: Teacher,
-                       residuals: dict[str, Tensor], cube: Tensor, cfg) -> tuple[dict[str, Tensor], Tensor]:
+@dataclass
+class GateInputs:
+    """What the model -> pixel target and its reliability gate are read from, without gradient:
+    model_uvd (B, 21, 3) the target joints; boxed_render (B, 1, S, S) that model's rendering in the
+    teacher's box; residuals its fitting residuals ('data' (B,), 'part' (B, 15), 'counts' (B, 15))."""
+    model_uvd: Tensor
+    boxed_render: Tensor
+    residuals: dict
+
+
+def inter_branch_terms(maps: Tensor, render, depth: Tensor, teacher: Teacher, gate: GateInputs,
+                       cube: Tensor, cfg) -> tuple[dict[str, Tensor], Tensor]:
     """Pixel -> model on all joints and model -> pixel on the reliable ones (10.3 stage-2 table, 10.4).
 
-    Returns the weighted terms and the selection (B, 21) bool.
+    Returns the weighted terms and the selection (B, 21) bool; gate.residuals gains 'selected_samples'
+    and 'depth_residual' (for logging).
     """
     d = cfg.huber_delta_nu
     pixel_uvd = decode_joints(maps, depth, NetConfig.from_config(cfg))
-    model_uvd = render.joints_uvd
-    eps_depth = intersection_residual(teacher.boxed, boxed_render.detach(), cfg.fg_threshold_nu)
+    residuals = gate.residuals
+    eps_depth = intersection_residual(teacher.boxed, gate.boxed_render.detach(), cfg.fg_threshold_nu)
     args = (eps_depth, residuals["data"], residuals["part"], residuals["counts"], teacher.valid_all, cube,
             cfg.reliability_depth_mm, cfg.reliability_fit_rms_mm)
     if cfg.reliability_mode == "relative":
@@ -140,12 +158,23 @@ def inter_branch_terms(maps: Tensor, render, boxed_render: Tensor, depth: Tensor
         samples = sel.any(dim=1)
     residuals.update(selected_samples=samples, depth_residual=eps_depth)
     if sel.any():
-        m2p = huber(pixel_uvd[sel], model_uvd.detach()[sel], d)
+        m2p = huber(pixel_uvd[sel], gate.model_uvd.detach()[sel], d)
     else:
         m2p = pixel_uvd.sum() * 0.0
-    terms = {"pixel_to_model": cfg.w_pixel_to_model * huber(model_uvd, teacher.pixel_uvd, d),
+    terms = {"pixel_to_model": cfg.w_pixel_to_model * huber(render.joints_uvd, teacher.pixel_uvd, d),
              "model_to_pixel": cfg.w_model_to_pixel * m2p}
     return terms, sel
+
+
+@torch.no_grad()
+def teacher_gate(render, rendered: Tensor, teacher: Teacher, center: Tensor, cube: Tensor, K_crop: Tensor,
+                 hand_model, cfg) -> GateInputs:
+    """GateInputs of the teacher's own mesh (render: its HandRender, rendered its frame-blanked depth)."""
+    boxed = box(rendered, teacher.joints_xyz, center, cube, K_crop, cfg)
+    data = data_mesh_distance(teacher.points_all, render.verts_xyz, hand_model.faces, cfg.data_mesh_trim_fraction)
+    part, counts = part_mesh_distance(teacher.points_part, teacher.labels_part, render.verts_xyz,
+                                      hand_model.part_faces, hand_model.faces)
+    return GateInputs(render.joints_uvd, boxed, {"data": data, "part": part, "counts": counts})
 
 
 def reliability_stats(sel: Tensor, residuals: dict[str, Tensor], valid: Tensor, cube: Tensor) -> dict[str, float]:
@@ -164,20 +193,30 @@ def stage_render(out, renderer, center: Tensor, cube: Tensor, K_crop: Tensor):
     return out.render if out.render is not None else renderer.render_params(out.params, center, cube, K_crop)
 
 
+def blank_outside(depth: Tensor, frame_mask: Tensor | None) -> Tensor:
+    """Rendered depth (B, 1, S, S) set to background (1) outside the sensor frame (B, S, S)."""
+    return depth if frame_mask is None else torch.where(frame_mask[:, None], depth, torch.ones_like(depth))
+
+
 def real_losses(outputs: list, depth: Tensor, center: Tensor, cube: Tensor, K_crop: Tensor, renderer,
-                hand_model, cfg, frame_mask: Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
+                hand_model, cfg, frame_mask: Tensor | None = None, generator: torch.Generator | None = None,
+                teacher_outputs: list | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Self-supervised loss of one unlabeled real batch for any number of stages S = len(outputs).
 
     outputs: list[StageOutput]; depth (B, 1, S, S) real crop; center, cube (B, 3); K_crop (B, 3, 3);
-    frame_mask (B, S, S) bool: crop pixels inside the sensor frame (renderings are blanked outside).
+    frame_mask (B, S, S) bool: crop pixels inside the sensor frame (renderings are blanked outside);
+    teacher_outputs: list[StageOutput] of the mean teacher on the same batch (None: the last stage of
+    `outputs` teaches, the original).
     Returns (weighted terms by name, statistics for logging).
     """
     renders = [stage_render(o, renderer, center, cube, K_crop) for o in outputs]
-    rendered = [r.depth if frame_mask is None else torch.where(frame_mask[:, None], r.depth, torch.ones_like(r.depth))
-                for r in renders]
+    rendered = [blank_outside(r.depth, frame_mask) for r in renders]
     last = len(outputs) - 1
-    teacher = make_teacher(outputs[last].maps, renders[last], depth, center, cube, K_crop, hand_model, cfg, generator)
+    if teacher_outputs is None:
+        t_maps, t_render = outputs[last].maps, renders[last]
+    else:
+        t_maps, t_render = teacher_outputs[-1].maps, stage_render(teacher_outputs[-1], renderer, center, cube, K_crop)
+    teacher = make_teacher(t_maps, t_render, depth, center, cube, K_crop, hand_model, cfg, generator)
     losses, stats = {}, {}
     for s, (out, render, depth_s) in enumerate(zip(outputs, renders, rendered)):
         boxed_render = box(depth_s, teacher.joints_xyz, center, cube, K_crop, cfg)
@@ -185,9 +224,14 @@ def real_losses(outputs: list, depth: Tensor, center: Tensor, cube: Tensor, K_cr
         if s < last:
             terms.update(distillation_terms(out.maps, render, depth, teacher, cfg))
         else:
-            inter, sel = inter_branch_terms(out.maps, render, boxed_render, depth, teacher, residuals, cube, cfg)
+            if teacher_outputs is None:
+                gate = GateInputs(render.joints_uvd.detach(), boxed_render, residuals)
+            else:
+                gate = teacher_gate(t_render, blank_outside(t_render.depth, frame_mask), teacher, center, cube,
+                                    K_crop, hand_model, cfg)
+            inter, sel = inter_branch_terms(out.maps, render, depth, teacher, gate, cube, cfg)
             terms.update(inter)
-            stats.update(reliability_stats(sel, residuals, teacher.valid_all, cube))
+            stats.update(reliability_stats(sel, gate.residuals, teacher.valid_all, cube))
         losses.update({f"real/s{s + 1}_{k}": v for k, v in terms.items()})
     stats["valid_fraction"] = float(teacher.valid_all.float().mean())
     return losses, stats

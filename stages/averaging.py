@@ -9,9 +9,14 @@ error of its snapshots swings by several mm every 50 steps on the mismatch set),
 after the last step" is a noisy pick; the average over the last ~1 / (1 - decay) steps is not, and it
 needs no labels.  The engine saves the average as the checkpoint's 'model' (what phase=test, export
 and load_model= read) and the trained weights as 'train_model' (what resume continues from).
+
+With `keep_module=True` the average lives in a frozen copy of the network (`.module`, eval mode, no
+gradients) whose tensors *are* the average, so it can be run as a mean teacher (fine-tuning's
+`finetune_teacher=average`) without copying weights each step.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -20,13 +25,21 @@ from torch import nn
 
 
 class WeightAverage:
-    """EMA of `model`'s state dict, starting at its current weights. decay in [0, 1)."""
+    """EMA of `model`'s state dict, starting at its current weights. decay in [0, 1).
 
-    def __init__(self, model: nn.Module, decay: float):
+    keep_module: hold the average as the tensors of a frozen eval-mode copy of `model` (`.module`).
+    """
+
+    def __init__(self, model: nn.Module, decay: float, keep_module: bool = False):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"weight-average decay must lie in [0, 1), got {decay}")
         self.decay = decay
-        self.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.module: nn.Module | None = None
+        if keep_module:
+            self.module = copy.deepcopy(model).eval().requires_grad_(False)
+            self.average = self.module.state_dict()   # detached views: updating them updates the module
+        else:
+            self.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -370,7 +370,8 @@ def _validate(t: _Trainer, bar, validate_fn, best_key: str, step: int, done: int
 def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, step_fn: StepFn,
           total_steps: int, steps_per_epoch: int, validate_fn: Callable[[int], dict] | None = None,
           best_key: str = "", generators: Iterable[torch.Generator] = (), image_fn=None,
-          state_extra: dict | None = None, average_decay: float = 0.0) -> dict:
+          state_extra: dict | None = None, average_decay: float = 0.0,
+          average: WeightAverage | None = None) -> dict:
     """Run optimizer steps [start, total_steps); returns {'step', 'best', 'last_losses', 'val', 'seconds',
     'checkpoints' (names written by this call)}.
 
@@ -380,14 +381,16 @@ def train(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     at cfg.image_log_interval.  state_extra: {name: object with state_dict/load_state_dict} saved too.
     average_decay > 0 keeps a `stages.averaging.WeightAverage` of the weights: validation and
     best.pt / latest.pt / snapshots ('model') use it; 'train_model' holds the trained weights (images
-    show the training step's own outputs).
+    show the training step's own outputs).  `average` passes one made by the caller instead (e.g. one
+    whose module step_fn runs as a teacher); it is updated after every step the same way.
     """
     cfg, spe = run.cfg, max(1, steps_per_epoch)
     if total_steps <= 0:
         raise ConfigError(f"{cfg.train_stage}: the schedule has no step (epochs={cfg.epochs}, max_steps={cfg.max_steps})")
     scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda" and cfg.amp == "fp16")
-    t = _Trainer(run, model, optimizer, scheduler, scaler, list(generators), state_extra or {}, spe,
-                 WeightAverage(unwrap(model), average_decay) if average_decay > 0 else None)
+    if average is None and average_decay > 0:
+        average = WeightAverage(unwrap(model), average_decay)
+    t = _Trainer(run, model, optimizer, scheduler, scaler, list(generators), state_extra or {}, spe, average)
     start = _resume(t) if run.resume_state is not None else 0
     if start >= total_steps:
         run.print(f"{run.out_dir / 'latest.pt'} is at step {start} >= {total_steps} steps asked: nothing to train")

@@ -8,6 +8,10 @@ unlabeled real batch (`build_dataset(cfg, 'train', labels=False)`) with the self
 Initialisation: name-matched load of cfg.load_model (the pretrained network).  Model selection: the
 self-supervised real loss on the held-out 'val' frames (labels=False) is the declared unlabeled
 criterion (`best.pt`); `latest.pt` is the final-epoch model.  The test split is never touched.
+
+Teacher: with cfg.finetune_teacher=average the real batch is also run, without gradient and in eval
+mode, through the moving average of the weights (the network that is saved and evaluated); its last
+stage gives the targets (`losses.finetune.real_losses(teacher_outputs=...)`).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from datasets.synthetic import SyntheticHands
 from losses.finetune import real_losses, synthetic_losses
 from render.camera import crop_frame_mask, crop_intrinsics
 from stages import engine
+from stages.averaging import WeightAverage
 from stages.common import (build_network, finish, load_transfer, make_optimizer, network_input, real_splits,
                            schedule)
 from stages.images import ImageLog
@@ -41,12 +46,18 @@ def real_inputs(batch: dict, device: torch.device, frame_hw: tuple[int, int]) ->
 
 
 def real_loss_total(model, x: dict[str, Tensor], renderer, hand_model, cfg: Config, run: engine.Run,
-                    generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor], dict[str, float], list]:
-    """Forward an unlabeled real batch and return (sum, terms, statistics, stage outputs)."""
+                    generator: torch.Generator, teacher=None) -> tuple[Tensor, dict[str, Tensor], dict[str, float], list]:
+    """Forward an unlabeled real batch (and, without gradient, through `teacher` when given) and return
+    (sum, terms, statistics, stage outputs)."""
+    args = (x["depth"], x["center"], x["cube"], x["K_crop"])
+    teacher_outs = None
+    if teacher is not None:
+        with torch.no_grad(), run.autocast():
+            teacher_outs = teacher(*args)
     with run.autocast():
-        outs = model(x["depth"], x["center"], x["cube"], x["K_crop"])
-    terms, stats = real_losses(outs, x["depth"], x["center"], x["cube"], x["K_crop"], renderer, hand_model, cfg,
-                               frame_mask=x["frame_mask"], generator=generator)
+        outs = model(*args)
+    terms, stats = real_losses(outs, *args, renderer, hand_model, cfg, frame_mask=x["frame_mask"],
+                               generator=generator, teacher_outputs=teacher_outs)
     return sum(terms.values()), terms, stats, outs
 
 
@@ -83,6 +94,10 @@ def run(cfg: Config) -> dict:
     stream = BatchStream(train_set, r, B, spe)
     frame_hw = (cfg.image_height, cfg.image_width)
     images = ImageLog("finetune", cfg, renderer)
+    mean_teacher = cfg.finetune_teacher == "average"
+    average = (WeightAverage(engine.unwrap(model), cfg.finetune_average_decay, keep_module=mean_teacher)
+               if cfg.finetune_average_decay > 0 or mean_teacher else None)
+    teacher = average.module if average is not None else None
 
     def step_fn(step: int) -> dict[str, Tensor]:
         s = synth.batch(B, synth_gen, dev)
@@ -91,7 +106,8 @@ def run(cfg: Config) -> dict:
                            crop_intrinsics(s["K"], s["M"]))
         synth_terms = synthetic_losses(outs_s, s, hand_model, cfg)
         x = real_inputs(stream.batch(step), dev, frame_hw)
-        real_sum, real_terms, stats, outs_r = real_loss_total(model, x, renderer, hand_model, cfg, r, point_gen)
+        real_sum, real_terms, stats, outs_r = real_loss_total(model, x, renderer, hand_model, cfg, r, point_gen,
+                                                              teacher)
         images.keep(outs_r, x["depth"], x["depth"], x["center"], x["cube"], x["K_crop"])
         out = {"loss": sum(synth_terms.values()) + real_sum, **synth_terms, **real_terms}
         out.update({f"stat/{k}": torch.tensor(v) for k, v in stats.items()})
@@ -104,5 +120,5 @@ def run(cfg: Config) -> dict:
         best_key = "selfsup_loss"
     result = engine.train(r, model, opt, sched, step_fn, total, spe, validate_fn=validate_fn, best_key=best_key,
                           generators=[synth_gen, point_gen], image_fn=images,
-                          average_decay=cfg.finetune_average_decay)
+                          average=average)
     return finish(r, result)

@@ -156,6 +156,27 @@ def test_weight_average_follows_the_closed_form_and_restores():
         WeightAverage(net, 1.0)
 
 
+def test_weight_average_module_is_the_average():
+    """keep_module: a frozen eval-mode copy whose forward uses the averaged weights."""
+    from stages.averaging import WeightAverage
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    avg = WeightAverage(net, 0.5, keep_module=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(2.0)
+    avg.update(net)
+    m = avg.module
+    assert not m.training and not any(p.requires_grad for p in m.parameters())
+    torch.testing.assert_close(m[0].weight, net[0].weight - 1.0)     # halfway after one step at 0.5
+    x = torch.randn(4, 3)
+    net.eval()
+    with avg.applied(net):
+        expected = net(x)
+    torch.testing.assert_close(m(x), expected)
+    avg.load_state_dict({k: torch.zeros_like(v) for k, v in avg.state_dict().items()})
+    assert float(m[0].weight.abs().sum()) == 0.0
+
+
 def test_engine_saves_the_average_and_resumes_both_exactly(tmp_path):
     def train(out, total, resume=False):
         run = engine.setup(_cfg(out, resume=resume))

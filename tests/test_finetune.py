@@ -113,6 +113,44 @@ def test_empty_crop_is_excluded(scene):
     assert float(terms["real/s2_data_mesh"]) < 1e-6  # the valid sample fits; the empty one is excluded
 
 
+def test_mean_teacher_equal_to_the_student_changes_nothing(scene):
+    """A teacher whose outputs equal the student's gives exactly the self-taught losses: the teacher's
+    own gate inputs (recomputed from its mesh) are the student's residuals."""
+    s = scene
+    p = s.params.clone()
+    p[:, 61] += 0.02
+    outs = stage_outputs(s, [p])
+    teacher = [SimpleNamespace(maps=o.maps.detach(), params=o.params.detach(), render=None) for o in outs]
+    own, own_stats = losses_of(s, outs)
+    from losses.finetune import real_losses
+    taught, stats = real_losses(outs, s.depth, s.center, s.cube, s.K_crop, s.renderer, s.hand_model, s.cfg,
+                                generator=torch.Generator().manual_seed(0), teacher_outputs=teacher)
+    assert own.keys() == taught.keys()
+    for k in own:
+        torch.testing.assert_close(taught[k], own[k], rtol=1e-5, atol=1e-8)
+    assert stats == pytest.approx(own_stats)
+
+
+def test_mean_teacher_sets_the_targets(scene):
+    """With a teacher whose hand is 5 mm farther, pixel -> model pulls the student's (true) model joints
+    toward the teacher's decoded joints: farther; the model -> pixel target is the teacher's model."""
+    from models.densemap import encode
+    s = scene
+    outs = stage_outputs(s, [s.params])
+    far = s.params.clone()
+    far[:, 61] += 0.04                       # 5 mm at cube 250 (half-cube 125 mm per nu)
+    with torch.no_grad():
+        r_far = s.renderer.render_params(far, s.center, s.cube, s.K_crop)
+    maps_far = encode(r_far.joints_uvd, s.depth, s.cfg.map_size, s.cfg.kernel_radius_nu, s.cfg.fg_threshold_nu)
+    teacher = [SimpleNamespace(maps=maps_far, params=far, render=None)]
+    from losses.finetune import real_losses
+    terms, _ = real_losses(outs, s.depth, s.center, s.cube, s.K_crop, s.renderer, s.hand_model, s.cfg,
+                           generator=torch.Generator().manual_seed(0), teacher_outputs=teacher)
+    assert float(terms["real/s1_pixel_to_model"]) > 1e-3
+    g, = torch.autograd.grad(terms["real/s1_pixel_to_model"], [outs[0].params])
+    assert g[:, 61].lt(0).all()              # descent moves the student's hand farther, toward the teacher
+
+
 # ---- the stage -----------------------------------------------------------------------------
 LABEL_KEYS = ("joints_uvd", "joints_xyz", "verts_xyz", "params")
 
