@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.experiment_selfsup import real_set_settings  # noqa: E402
 from config import Config, make_config  # noqa: E402
 from losses.translation import foreground_fidelity  # noqa: E402
 from models.translator import load_translator, translate  # noqa: E402
@@ -233,13 +234,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def real_domain(args) -> list[str]:
-    """Settings that make the real-like set the training set (generated on first use)."""
+    """Settings that make the real-like set the training set: --data-root (an NYU-format folder) or
+    --real-set (generated on first use)."""
     if args.data_root:
-        return ["dataset=nyu", f"data_root={args.data_root}"]
-    if args.real_set == "simreal":
-        return ["dataset=simreal", "data_root=data/simreal_exp"]
-    from datasets.mismatch import ensure_mismatch
-    return ["dataset=nyu", f"data_root={ensure_mismatch('data/mismatch_exp')}"]
+        return real_set_settings("mismatch", args.data_root)
+    return real_set_settings(args.real_set)
 
 
 def main(argv: list[str]) -> int:

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from datasets.depth_io import DatasetError
 from datasets.mismatch_geometry import shape_space_fit
 from datasets.mismatch_hand import (SubjectHand, base_hand, build_subject, draw_subject, hand_frame, pose_points,
                                     pose_subject)
@@ -313,10 +314,20 @@ def generate_mismatch(root: str | Path, n_train: int, n_test: int, seed: int = M
     return summary
 
 
+GENERATED_ENTRIES = ("train", "test", "mismatch_info.json")   # what generate_mismatch writes into its root
+
+
 def ensure_mismatch(root: str | Path, n_train: int = 800, n_test: int = 300, seed: int = MISMATCH_SEED) -> Path:
-    """The mismatch folder `root`, generated once when its centre files are missing."""
+    """The mismatch folder `root`, generated once when its centre files are missing.  A folder that holds
+    anything else than (a partial) output of this generator is never written into: DatasetError."""
     root = Path(root)
     if not all((root / s / f"center_{s}_refined.txt").is_file() for s in ("train", "test")):
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in GENERATED_ENTRIES) if root.is_dir() else []
+        if foreign:
+            raise DatasetError(f"{root} is not an NYU-format set (train/center_train_refined.txt and "
+                               f"test/center_test_refined.txt missing) and holds other files ({', '.join(foreign[:5])}): "
+                               f"not generating the mismatch set into it; point data_root at an NYU-format folder "
+                               f"or at an empty / new one")
         print(f"mismatch: generating {n_train} train + {n_test} test frames into {root} (once)", flush=True)
         s = generate_mismatch(root, n_train, n_test, seed)
         print(f"mismatch: done in {s['seconds']:.0f} s ({s['frames_per_s']:.1f} frames/s)", flush=True)

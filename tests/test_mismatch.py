@@ -211,3 +211,13 @@ def test_gestures_leave_the_training_sampler_ranges():
     def pointing(a: np.ndarray) -> float:  # index straight while middle, pinky and ring are curled
         return float(((a[:, 1, 0] < 25) & (a[:, [4, 7, 10], 0] > 70).all(1)).mean())
     assert pointing(ang) > 5 * pointing(train) + 0.05
+
+
+def test_ensure_mismatch_never_writes_into_a_foreign_folder(tmp_path):
+    """A folder with other files and no NYU centre files is refused before anything is written."""
+    from datasets.depth_io import DatasetError
+    from datasets.mismatch import ensure_mismatch
+    (tmp_path / "joint_data.mat").write_bytes(b"not ours")
+    with pytest.raises(DatasetError, match="joint_data.mat"):
+        ensure_mismatch(tmp_path, 2, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["joint_data.mat"]
