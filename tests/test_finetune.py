@@ -186,7 +186,8 @@ class GuardDataset(torch.utils.data.Dataset):
         raise AttributeError(name)
 
 
-def test_finetune_step_runs_changes_weights_and_never_reads_labels(tmp_path, monkeypatch, hand_model):
+@pytest.mark.parametrize("teacher", ["self", "average"])
+def test_finetune_step_runs_changes_weights_and_never_reads_labels(tmp_path, monkeypatch, hand_model, teacher):
     import stages.finetune as ft
     from datasets.synthetic import SyntheticHands
     from models.dual_branch import DualBranchNet, NetConfig
@@ -195,7 +196,7 @@ def test_finetune_step_runs_changes_weights_and_never_reads_labels(tmp_path, mon
 
     args = ["train_stage=finetune", "dataset=nyu", "net=tiny", "batch_size=2", "max_steps=1", "num_workers=0",
             "device=cpu", "hand_model=standin", "progress=false", "log_interval=1", "image_log_interval=0",
-            f"out_dir={tmp_path / 'ft'}", f"load_model={tmp_path / 'init.pt'}"]
+            f"out_dir={tmp_path / 'ft'}", f"load_model={tmp_path / 'init.pt'}", f"finetune_teacher={teacher}"]
     cfg = make_config(args)
     renderer = HandRenderer(hand_model)
     torch.manual_seed(0)
