@@ -199,7 +199,7 @@ class Config:
     w_pixel_to_model: float = opt(100.0, "weight: pixel branch teaches model branch", check=GE0)
     w_model_to_pixel: float = opt(100.0, "weight: model branch teaches pixel branch on reliable joints", check=GE0)
     w_distill: float = opt(1.0, "multiplier of the stage-2 -> stage-1 distillation terms", check=GE0)
-    finetune_teacher: str = opt("self", "fine-tuning: who teaches the inter-branch / distillation terms and gates model->pixel: self (the trained network's own last stage, the original) or average (the weight average of finetune_average_decay run without gradient in eval mode, a mean teacher: converges faster, ends level, ~15 % more time per step on tiny)", ("self", "average"))
+    finetune_teacher: str = opt("self", "fine-tuning: who teaches the inter-branch / distillation terms and gates model->pixel: self (the trained network's own last stage, the original) or average (the weight average of finetune_average_decay run without gradient in eval mode, a mean teacher; measured worse than self on 2 of 3 seeds of the mismatch experiment, ~15 % more time per step on tiny)", ("self", "average"))
     finetune_average_decay: float = opt(0.99, "fine-tuning: the saved / evaluated / exported weights are a moving average of the trained ones, decay per step (0 = the last weights, the original)", check=FRACTION)
 
     # ---- self-supervised fitting (mm, converted per sample with the cube) --------------------

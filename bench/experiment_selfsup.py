@@ -96,8 +96,9 @@ def effect(errors: dict, ft: str = "ft") -> dict:
 
 
 def one_seed(seed: int, out: Path, args, passthrough: list[str]) -> dict:
-    common = real_set_settings(args.real_set, args.data_root, args.train_frames, args.test_frames) + [f"net={args.net}", f"seed={seed}", f"stage_num={args.stage_num}",
-                                    f"batch_size={args.batch_size}", "progress=false"] + passthrough
+    common = (real_set_settings(args.real_set, args.data_root, args.train_frames, args.test_frames)
+              + [f"net={args.net}", f"seed={seed}", f"stage_num={args.stage_num}", f"batch_size={args.batch_size}",
+                 "progress=false"] + passthrough)
     out = out / f"seed{seed}"
     var = out / args.variant
     log: dict = {}

@@ -13,9 +13,10 @@ With S = 1 this is the one-stage variant of 10.7 (the stage is its own teacher).
 Mean teacher (`teacher_outputs`, cfg.finetune_teacher=average): the targets above, the hand box, the
 segmentation and the model -> pixel gate come from the last stage of another network's outputs (the
 moving average of the trained weights, run without gradient) instead of the trained network's own.
-Why: under model mismatch the trained weights swing from step to step, and a network taught by its own
-detached predictions keeps its own errors; the average is steadier and (measured) more accurate, so
-its predictions are better targets.
+The idea: the trained weights swing from step to step and a network taught by its own detached
+predictions keeps its own errors, while the average is steadier.  Measured on the mismatch set (three
+seeds) it converged faster on one seed and ended far worse on the other two, so it is an option, not
+the default (README, the self-supervision experiment).
 
 Every term is returned separately (already weighted) under a name `real/s{stage}_{term}`.
 """
@@ -95,6 +96,15 @@ def make_teacher(maps: Tensor, render, depth: Tensor, center: Tensor, cube: Tens
                    gather_points(points, idx_part), labels_part, valid_part)
 
 
+def mesh_residuals(verts_xyz: Tensor, teacher: Teacher, hand_model, cfg) -> tuple[Tensor, Tensor, Tensor]:
+    """Point-to-mesh residuals of a mesh (B, V, 3) against the teacher's point samples: data -> mesh
+    (B,) nu^2 (trimmed mean), part data -> mesh (B, 15) nu^2 and the labelled points per part (B, 15)."""
+    data = data_mesh_distance(teacher.points_all, verts_xyz, hand_model.faces, cfg.data_mesh_trim_fraction)
+    part, counts = part_mesh_distance(teacher.points_part, teacher.labels_part, verts_xyz,
+                                      hand_model.part_faces, hand_model.faces)
+    return data, part, counts
+
+
 def fitting_terms(render, boxed_render: Tensor, teacher: Teacher, cube: Tensor, hand_model,
                   cfg) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Model-fitting terms of one stage (weighted) and its raw residuals (for reliability).
@@ -102,9 +112,7 @@ def fitting_terms(render, boxed_render: Tensor, teacher: Teacher, cube: Tensor, 
     render: the stage's HandRender; boxed_render (B, 1, S, S) its rendering in the teacher's box.
     """
     rho = render_residual(teacher.boxed, boxed_render, cfg.fg_threshold_nu)
-    data = data_mesh_distance(teacher.points_all, render.verts_xyz, hand_model.faces, cfg.data_mesh_trim_fraction)
-    part, counts = part_mesh_distance(teacher.points_part, teacher.labels_part, render.verts_xyz,
-                                      hand_model.part_faces, hand_model.faces)
+    data, part, counts = mesh_residuals(render.verts_xyz, teacher, hand_model, cfg)
     terms = {
         "collision": cfg.w_collision * collision_term(render.joints_xyz, render.verts_xyz, cube, hand_model, cfg),
         "render": cfg.w_render * rho.mean(),
@@ -171,9 +179,7 @@ def teacher_gate(render, rendered: Tensor, teacher: Teacher, center: Tensor, cub
                  hand_model, cfg) -> GateInputs:
     """GateInputs of the teacher's own mesh (render: its HandRender, rendered its frame-blanked depth)."""
     boxed = box(rendered, teacher.joints_xyz, center, cube, K_crop, cfg)
-    data = data_mesh_distance(teacher.points_all, render.verts_xyz, hand_model.faces, cfg.data_mesh_trim_fraction)
-    part, counts = part_mesh_distance(teacher.points_part, teacher.labels_part, render.verts_xyz,
-                                      hand_model.part_faces, hand_model.faces)
+    data, part, counts = mesh_residuals(render.verts_xyz, teacher, hand_model, cfg)
     return GateInputs(render.joints_uvd, boxed, {"data": data, "part": part, "counts": counts})
 
 
