@@ -11,7 +11,8 @@ crops' points: the worst case of the point-to-mesh search (more candidate faces 
 (view rotation 'original'), the network on it with the synthetic losses, the network on a "real"
 batch with the self-supervised losses (`stages.finetune.real_loss_total`), backward, AdamW.  The
 real batch is a second synthetic batch with frame masks all true: the same shapes and hand content
-as real crops, without needing a dataset.
+as real crops, without needing a dataset; it is made before each step and not timed (a real run
+reads its crops in DataLoader workers).
 
 Columns: seconds per step (median of --iters after a warm-up) and the share of the full step.
 * whole step, and the CNN alone (the same network on both batches with the stage-1 rendering frozen
@@ -125,8 +126,8 @@ def real_like(synth, batch: int, gen, device, cfg) -> dict:
             "frame_mask": torch.ones(batch, S, S, dtype=torch.bool, device=device)}
 
 
-def one_step(parts, timer: PartTimer, gen, point_gen, device):
-    """The fine-tuning step of stages/finetune.py, with its pieces timed."""
+def one_step(parts, timer: PartTimer, gen, point_gen, device, x: dict):
+    """The fine-tuning step of stages/finetune.py on the "real" batch x, with its pieces timed."""
     from losses.finetune import synthetic_losses
     from stages.finetune import real_loss_total
     cfg, hand, renderer, model, opt, synth = parts
@@ -136,7 +137,6 @@ def one_step(parts, timer: PartTimer, gen, point_gen, device):
     with timer.block("network forward + synthetic losses"):
         outs = model(s["clean"], s["center"], s["cube"], crop_intrinsics(s["K"], s["M"]))
         synth_terms = synthetic_losses(outs, s, hand, cfg)
-    x = real_like(synth, cfg.batch_size, gen, device, cfg)
     with timer.block("real batch: network forward + self-supervised losses"):
         real_sum, _, _, _ = real_loss_total(model, x, renderer, hand, cfg, run, point_gen)
     loss = sum(synth_terms.values()) + real_sum
@@ -177,12 +177,16 @@ def bench(spec: str, iters: int, device: torch.device) -> list[tuple[str, float]
     timer.wrap(parts[2], "render_params", "hand rendering (stage input and losses)")
     gen, point_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     steps = []
-    one_step(parts, timer, gen, point_gen, device)      # warm-up
+    # the stand-in real batch is made before each step, untimed: a real run reads it in loader workers
+    one_step(parts, timer, gen, point_gen, device, real_like(parts[5], int(batch), gen, device, parts[0]))  # warm-up
     timer.seconds.clear()
     for _ in range(iters):
+        timer.depth += 1                                 # its rendering is not part of the step
+        x = real_like(parts[5], int(batch), gen, device, parts[0])
+        timer.depth -= 1
         timer.sync()
         t0 = time.perf_counter()
-        one_step(parts, timer, gen, point_gen, device)
+        one_step(parts, timer, gen, point_gen, device, x)
         timer.sync()
         steps.append(time.perf_counter() - t0)
     per_part = {k: v / iters for k, v in timer.seconds.items()}

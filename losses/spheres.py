@@ -33,17 +33,35 @@ def joint_radii(joints: Tensor, verts: Tensor, regressor_support: list[Tensor]) 
     joints (B, 21, 3) nu (keep their gradient), verts (B, V, 3) nu (detached here),
     regressor_support: 16 LongTensors of vertex ids (original 778 vertices).
     r_j = mean of the 10 smallest |J_j - v| over j's support; tips = r_{3,6,9,12,15} / 1.5.
-    Returns (B, 21).
+    Returns (B, 21).  All 16 supports at once: padded to the longest (padding at +inf distance).
     """
-    verts = verts.detach()
-    radii = []
-    for j, support in enumerate(regressor_support):
-        support = support.to(verts.device)
-        dist = (joints[:, j, None, :] - verts[:, support, :]).norm(dim=-1)  # (B, n_j)
-        k = min(RADIUS_NEIGHBOURS, dist.shape[1])
-        radii.append(dist.topk(k, dim=1, largest=False).values.mean(dim=1))
-    radii += [radii[j] / TIP_RADIUS_DIVISOR for j in TIP_RADIUS_SOURCE]
-    return torch.stack(radii, dim=1)
+    ids, pad = _support_table(regressor_support, verts.device)                  # (16, n), (16, n)
+    dist = (joints[:, :16, None, :] - verts.detach()[:, ids]).norm(dim=-1)      # (B, 16, n)
+    dist = dist.masked_fill(pad, float("inf"))
+    k = min(RADIUS_NEIGHBOURS, ids.shape[1])
+    near = dist.topk(k, dim=2, largest=False).values                            # (B, 16, k)
+    count = (~pad).sum(1).clamp(max=k)                                          # neighbours of each joint
+    near = torch.where(torch.arange(k, device=verts.device) < count[:, None], near, torch.zeros_like(near))
+    radii = near.sum(2) / count.to(near.dtype)                                  # (B, 16)
+    tips = radii[:, list(TIP_RADIUS_SOURCE)] / TIP_RADIUS_DIVISOR
+    return torch.cat([radii, tips], dim=1)
+
+
+def _support_table(regressor_support: list[Tensor], device) -> tuple[Tensor, Tensor]:
+    """The 16 supports as one padded id table (16, n) long and its padding mask (16, n) bool (cached)."""
+    key = (tuple(t.data_ptr() for t in regressor_support), str(device))
+    if key not in _SUPPORT_CACHE:
+        n = max(len(t) for t in regressor_support)
+        ids = torch.zeros(len(regressor_support), n, dtype=torch.long)
+        pad = torch.ones(len(regressor_support), n, dtype=torch.bool)
+        for j, t in enumerate(regressor_support):
+            ids[j, :len(t)], pad[j, :len(t)] = t.cpu(), False
+        _SUPPORT_CACHE.clear()                                                  # one hand model at a time
+        _SUPPORT_CACHE[key] = (ids.to(device), pad.to(device), list(regressor_support))
+    return _SUPPORT_CACHE[key][:2]
+
+
+_SUPPORT_CACHE: dict = {}
 
 
 def palm_radius(wrist_radius: Tensor, cube: Tensor, offset_mm: float, min_mm: float,
@@ -56,24 +74,37 @@ def palm_radius(wrist_radius: Tensor, cube: Tensor, offset_mm: float, min_mm: fl
     return torch.minimum(torch.maximum(wrist_radius - mm_to_nu(offset_mm, cube), lo), hi)
 
 
+def _sphere_layout() -> tuple[Tensor, Tensor, Tensor]:
+    """Each sphere i as a point of a segment: (start joint (66,), end joint (66,), t (66,)); the
+    wrist sphere is joint 0 with t = 0, and index 21 stands for the palm-line radius r_w."""
+    start, end, t = [0], [0], [0.0]
+    for e in PALM_LINE_ENDS:
+        for ti in PALM_LINE_T:
+            start, end, t = start + [0], end + [e], t + [ti]
+    for b, child in enumerate(BONE_CHILD):
+        for ti in BONE_T:
+            start, end, t = start + [b + 1], end + [child], t + [ti]
+    return torch.tensor(start), torch.tensor(end), torch.tensor(t, dtype=torch.float64)
+
+
+SPHERE_START, SPHERE_END, SPHERE_T = _sphere_layout()
+
+
 def build_spheres(centre_joints: Tensor, radii: Tensor, wrist_end_radius: Tensor) -> tuple[Tensor, Tensor]:
-    """The 66 spheres of 6.2.
+    """The 66 spheres of 6.2: centre c_i = J_a + t (J_b - J_a) and radius r_a + t (r_b - r_a) along
+    segment (a, b) of the layout above, with the wrist end of every palm line at radius r_w.
 
     centre_joints (B, 21, 3) nu: joints that place the centres; radii (B, 21) per joint;
     wrist_end_radius (B,) = r_w.  Returns centres (B, 66, 3), radii (B, 66).
     """
-    J, r_w = centre_joints, wrist_end_radius
-    centres, rad = [J[:, 0]], [r_w]
-    for e in PALM_LINE_ENDS:
-        for t in PALM_LINE_T:
-            centres.append(J[:, 0] + t * (J[:, e] - J[:, 0]))
-            rad.append(r_w + t * (radii[:, e] - r_w))
-    for b, child in enumerate(BONE_CHILD):
-        k = b + 1
-        for t in BONE_T:
-            centres.append(J[:, k] + t * (J[:, child] - J[:, k]))
-            rad.append(radii[:, k] + t * (radii[:, child] - radii[:, k]))
-    return torch.stack(centres, dim=1), torch.stack(rad, dim=1)
+    dev = centre_joints.device
+    a, b = SPHERE_START.to(dev), SPHERE_END.to(dev)
+    t = SPHERE_T.to(device=dev, dtype=centre_joints.dtype)
+    J = centre_joints
+    centres = J[:, a] + t[:, None] * (J[:, b] - J[:, a])
+    r = torch.cat([radii, wrist_end_radius[:, None]], dim=1)                   # column 21: r_w
+    a_r = torch.where(a == 0, torch.full_like(a, 21), a)                        # palm lines start at r_w
+    return centres, r[:, a_r] + t.to(r.dtype) * (r[:, b] - r[:, a_r])
 
 
 def hand_spheres(joints: Tensor, verts: Tensor, regressor_support: list[Tensor], cube: Tensor,
@@ -93,7 +124,17 @@ def _bone_of_sphere(i: int) -> int:
 
 
 def collision_pair_mask(device=None) -> Tensor:
-    """(66, 66) bool, symmetric, zero diagonal: True = pair penalized (6.3)."""
+    """(66, 66) bool, symmetric, zero diagonal: True = pair penalized (6.3).  Built once per device."""
+    key = str(torch.device(device) if device is not None else torch.device("cpu"))
+    if key not in _PAIR_MASKS:
+        _PAIR_MASKS[key] = _pair_mask().to(device)
+    return _PAIR_MASKS[key]
+
+
+_PAIR_MASKS: dict[str, Tensor] = {}
+
+
+def _pair_mask() -> Tensor:
     m = torch.ones(NUM_SPHERES, NUM_SPHERES, dtype=torch.bool)
     m.fill_diagonal_(False)
     palm = range(NUM_PALM_SPHERES)
@@ -110,7 +151,7 @@ def collision_pair_mask(device=None) -> Tensor:
     for s in (57, 58, 59, 60):  # thumb's first bone and the first sphere of its second bone
         for p in palm:
             m[s, p] = m[p, s] = False
-    return m.to(device)
+    return m
 
 
 def penetration_sums(centres: Tensor, radii: Tensor, mask: Tensor) -> Tensor:

@@ -200,3 +200,39 @@ def test_part_distances():
     assert torch.isfinite(vv.grad).all() and vv.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="faces"):
         part_point_mesh_sqdist(pts, labels, verts, part_idx)
+
+
+@pytest.mark.parametrize("grouping", ["random", "one group", "singletons"])
+def test_any_face_grouping_gives_the_same_faces(hand_model, grouping, monkeypatch):
+    """The cluster pruning of `nearest_face` only saves work: a random grouping, one group of all
+    faces and one group per face pick the same faces as the default k-d grouping, with and without
+    part labels, on posed stand-in hands with points near and far from the surface."""
+    import render.geometry as geometry
+    g = torch.Generator().manual_seed(11)
+    params = torch.zeros(3, 62)
+    params[:, 3:48] = torch.randn(3, 45, generator=g) * 0.6
+    verts = hand_model.mano_mm(params)[0] / 125.0
+    near = verts[:, torch.randint(0, verts.shape[1], (300,), generator=g)] + 0.02 * torch.randn(3, 300, 3, generator=g)
+    pts = torch.cat([near, 0.8 * torch.randn(3, 100, 3, generator=g)], dim=1)
+    labels = torch.randint(0, 16, (3, 400), generator=g)
+    faces = hand_model.faces
+    _, allowed = geometry._part_table(hand_model.part_faces, faces, faces.device)
+    default = [geometry.nearest_face(pts, verts, faces, 256),
+               geometry.nearest_face(pts, verts, faces, 256, labels, allowed)]
+    F = faces.shape[0]
+    if grouping == "random":
+        ids = torch.randperm(F, generator=g)
+        table = torch.cat([ids, ids[:(-F) % 5]]).reshape(-1, 5)
+    elif grouping == "one group":
+        table = torch.arange(F)[None]
+    else:
+        table = torch.arange(F)[:, None]
+    monkeypatch.setattr(geometry, "face_clusters", lambda centroids, faces_: table)
+    other = [geometry.nearest_face(pts, verts, faces, 256),
+             geometry.nearest_face(pts, verts, faces, 256, labels, allowed)]
+    assert torch.equal(default[0], other[0]) and torch.equal(default[1], other[1])
+    # and the unrestricted faces are the float64 brute-force nearest (ties -> smallest index)
+    t = verts.double()[:, faces]
+    ref = reference_sqdist(pts.double()[:, :, None], t[:, None, :, 0], t[:, None, :, 1], t[:, None, :, 2])
+    d_got = ref.gather(2, default[0][..., None])[..., 0]
+    assert (d_got - ref.amin(-1)).abs().max() <= 1e-6 * ref.amin(-1).clamp(min=1e-3).max()

@@ -201,3 +201,53 @@ def test_mean_pose_penetration(hand_model):
             warnings.warn(f"stand-in mean pose penetration {total:.4f} nu >= gate 0.1: gated collision is off for it")
     else:
         assert total < 0.1, f"MANO mean pose penetration {total:.4f} nu reaches the gate"
+
+
+def _joint_radii_per_joint(joints, verts, regressor_support):
+    """The per-joint loop that `joint_radii` replaced (slow reference)."""
+    radii = []
+    for j, support in enumerate(regressor_support):
+        dist = (joints[:, j, None, :] - verts.detach()[:, support, :]).norm(dim=-1)
+        radii.append(dist.topk(min(10, dist.shape[1]), dim=1, largest=False).values.mean(dim=1))
+    radii += [radii[j] / 1.5 for j in (3, 6, 9, 12, 15)]
+    return torch.stack(radii, dim=1)
+
+
+def _build_spheres_per_sphere(J, radii, r_w):
+    """The per-sphere loop that `build_spheres` replaced (slow reference, spec 6.2 word for word)."""
+    centres, rad = [J[:, 0]], [r_w]
+    for e in (1, 4, 7, 10, 13):
+        for t in (0.2, 0.4, 0.6, 0.8):
+            centres.append(J[:, 0] + t * (J[:, e] - J[:, 0]))
+            rad.append(r_w + t * (radii[:, e] - r_w))
+    for b, child in enumerate(BONE_CHILD):
+        for t in (0.0, 1.0 / 3.0, 2.0 / 3.0):
+            centres.append(J[:, b + 1] + t * (J[:, child] - J[:, b + 1]))
+            rad.append(radii[:, b + 1] + t * (radii[:, child] - radii[:, b + 1]))
+    return torch.stack(centres, dim=1), torch.stack(rad, dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_spheres_match_the_per_joint_reference(hand_model, dtype):
+    """Radii, centres, sphere radii and their gradients equal the loop versions (uneven supports,
+    one shorter than 10 vertices so the neighbour count differs per joint)."""
+    g = torch.Generator().manual_seed(3)
+    verts = torch.randn(3, 780, 3, generator=g, dtype=dtype) * 0.5
+    support = [t.clone() for t in hand_model.regressor_support]
+    support[5] = support[5][:7]
+    outs = []
+    for radii_fn, spheres_fn in ((joint_radii, build_spheres), (_joint_radii_per_joint, _build_spheres_per_sphere)):
+        joints = (torch.randn(3, 21, 3, generator=torch.Generator().manual_seed(4), dtype=dtype) * 0.5).requires_grad_()
+        r = radii_fn(joints, verts, support)
+        c, rad = spheres_fn(joints, r, r[:, 0] * 0.8)
+        (c.square().sum() + (rad * torch.linspace(0, 1, 66, dtype=dtype)).sum()).backward()
+        outs.append((r.detach(), c.detach(), rad.detach(), joints.grad))
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
+    for new, ref in zip(*outs):
+        torch.testing.assert_close(new, ref, **tol)
+
+
+def test_pair_mask_is_cached_per_device_and_unchanged():
+    assert collision_pair_mask() is collision_pair_mask("cpu")
+    from losses.spheres import _pair_mask
+    assert torch.equal(collision_pair_mask(), _pair_mask()) and int(_pair_mask().sum()) == 3408
