@@ -7,16 +7,22 @@
 A configuration is net:stages:batch:points[:checkpoint] (default: resnet18:2:32:2048, the method's,
 and tiny:2:16:512).  Without a checkpoint the network is untrained, so its meshes lie far from the
 crops' points: the worst case of the point-to-mesh search (more candidate faces per point); with one
-(e.g. a pretraining latest.pt of that net and stage count) the step is the one a real run takes.  The step is the one `stages/finetune.py` runs: a synthetic batch rendered on the fly
+(e.g. a pretraining latest.pt of that net and stage count) the step is the one a real run takes.
+The step is the one `stages/finetune.py` runs: a synthetic batch rendered on the fly
 (view rotation 'original'), the network on it with the synthetic losses, the network on a "real"
 batch with the self-supervised losses (`stages.finetune.real_loss_total`), backward, AdamW.  The
 real batch is a second synthetic batch with frame masks all true: the same shapes and hand content
 as real crops, without needing a dataset; it is made before each step and not timed (a real run
 reads its crops in DataLoader workers).
 
-Columns: seconds per step (median of --iters after a warm-up) and the share of the full step.
+Columns: seconds per step (the fastest of --iters after a warm-up; the timings below alternate, so
+slow phases of the machine hit each) and the share of the whole step; parts are means over the steps.
 * whole step, and the CNN alone (the same network on both batches with the stage-1 rendering frozen
-  and a plain sum as loss, as bench_train.py does): outside the CNN = 1 - CNN / step;
+  and a plain sum as loss, as bench_train.py does);
+* outside the CNN, measured directly: the same step with the network replaced by `OutsideOnly` (its
+  outputs as leaf tensors, everything else - renderer, hand model, losses, their backward - as in
+  the step), share = outside / (outside + CNN alone); beside it the indirect estimate step - CNN
+  alone (two large, noisy times subtracted: at resnet18 scale it can even come out negative);
 * the step's five blocks (synthetic rendering, forward + synthetic losses, real forward + losses,
   backward, optimizer) and, "of which", the forward time of each part measured in place (wrappers
   around the functions of losses.finetune and the renderer; on CUDA with a synchronize around each
@@ -27,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -126,11 +131,13 @@ def real_like(synth, batch: int, gen, device, cfg) -> dict:
             "frame_mask": torch.ones(batch, S, S, dtype=torch.bool, device=device)}
 
 
-def one_step(parts, timer: PartTimer, gen, point_gen, device, x: dict):
-    """The fine-tuning step of stages/finetune.py on the "real" batch x, with its pieces timed."""
+def one_step(parts, timer: PartTimer, gen, point_gen, device, x: dict, net=None):
+    """The fine-tuning step of stages/finetune.py on the "real" batch x, with its pieces timed
+    (net: the network, default the model; `OutsideOnly` for the step without the CNN)."""
     from losses.finetune import synthetic_losses
     from stages.finetune import real_loss_total
     cfg, hand, renderer, model, opt, synth = parts
+    model = model if net is None else net
     run = SimpleNamespace(autocast=lambda: torch.autocast(device.type, enabled=False))
     with timer.block("synthetic rendering"):
         s = synth.batch(cfg.batch_size, gen, device)
@@ -145,6 +152,37 @@ def one_step(parts, timer: PartTimer, gen, point_gen, device, x: dict):
         loss.backward()
     with timer.block("optimizer"):
         opt.step()
+
+
+class OutsideOnly(torch.nn.Module):
+    """The network without its CNN, for timing everything else: each call runs the real network
+    without gradient (its time is counted in `excluded` and left out), then returns its outputs as
+    fresh leaf tensors with gradient; with 2 stages the stage-1 hand is rendered and encoded with
+    gradient as the real network does (the encoding joined to the stage-2 maps by a zero-weighted sum,
+    so its backward runs).  So the losses, the renderer, the hand model and their backward run as in
+    the real step, and the CNN's forward, backward and AdamW do not."""
+
+    def __init__(self, model, timer: PartTimer):
+        super().__init__()
+        self.__dict__["model"], self.timer, self.excluded = model, timer, 0.0
+
+    def forward(self, depth, center, cube, K_crop):
+        from models.dual_branch import StageOutput, encode_joints
+        self.timer.sync()
+        t0 = time.perf_counter()
+        self.timer.depth += 1
+        with torch.no_grad():
+            outs = self.model(depth, center, cube, K_crop)
+        self.timer.depth -= 1
+        self.timer.sync()
+        self.excluded += time.perf_counter() - t0
+        leaves = [(o.maps.detach().clone().requires_grad_(), o.params.detach().clone().requires_grad_()) for o in outs]
+        if len(leaves) == 1:
+            return [StageOutput(*leaves[0])]
+        (m1, p1), (m2, p2) = leaves
+        render = self.model.render_input(p1, center, cube, K_crop)
+        pose_maps = encode_joints(render.joints_uvd, render.depth, self.model.net_cfg)
+        return [StageOutput(m1, p1, render), StageOutput(m2 + 0.0 * pose_maps.sum(), p2)]
 
 
 def cnn_step(parts, x: dict, device) -> None:
@@ -167,7 +205,7 @@ def cnn_step(parts, x: dict, device) -> None:
     model.__dict__["renderer"] = renderer
 
 
-def bench(spec: str, iters: int, device: torch.device) -> list[tuple[str, float]]:
+def bench(spec: str, iters: int, device: torch.device) -> list[tuple]:
     import importlib
     net, stages, batch, points, *load = spec.split(":", 4)
     parts = build(net, int(stages), int(batch), int(points), device, load[0] if load else "")
@@ -176,11 +214,15 @@ def bench(spec: str, iters: int, device: torch.device) -> list[tuple[str, float]
         timer.wrap(importlib.import_module(mod), name, part)
     timer.wrap(parts[2], "render_params", "hand rendering (stage input and losses)")
     gen, point_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-    steps = []
+    steps, cnn, outside = [], [], []
+    x_cnn = real_like(parts[5], int(batch), gen, device, parts[0])
+    null, quiet = OutsideOnly(parts[3], timer), PartTimer(device)
     # the stand-in real batch is made before each step, untimed: a real run reads it in loader workers
     one_step(parts, timer, gen, point_gen, device, real_like(parts[5], int(batch), gen, device, parts[0]))  # warm-up
+    one_step(parts, quiet, gen, point_gen, device, x_cnn, net=null)
+    cnn_step(parts, x_cnn, device)
     timer.seconds.clear()
-    for _ in range(iters):
+    for _ in range(iters):      # the three timings interleaved, so that drift of the machine hits each
         timer.depth += 1                                 # its rendering is not part of the step
         x = real_like(parts[5], int(batch), gen, device, parts[0])
         timer.depth -= 1
@@ -189,30 +231,37 @@ def bench(spec: str, iters: int, device: torch.device) -> list[tuple[str, float]
         one_step(parts, timer, gen, point_gen, device, x)
         timer.sync()
         steps.append(time.perf_counter() - t0)
-    per_part = {k: v / iters for k, v in timer.seconds.items()}
-    x = real_like(parts[5], int(batch), gen, device, parts[0])
-    cnn = []
-    cnn_step(parts, x, device)
-    for _ in range(iters):
-        timer.sync()
+        timer.depth += 1
         t0 = time.perf_counter()
-        cnn_step(parts, x, device)
+        cnn_step(parts, x_cnn, device)
         timer.sync()
         cnn.append(time.perf_counter() - t0)
-    step, cnn_s = statistics.median(steps), statistics.median(cnn)
+        null.excluded, t0 = 0.0, time.perf_counter()
+        one_step(parts, quiet, gen, point_gen, device, x, net=null)
+        timer.sync()
+        outside.append(time.perf_counter() - t0 - null.excluded)
+        timer.depth -= 1
+    per_part = {k: v / iters for k, v in timer.seconds.items()}
+    step, cnn_s, out_s = min(steps), min(cnn), min(outside)
     rows = [("whole step", step), ("CNN alone (both batches, fwd + bwd + AdamW)", cnn_s),
-            ("outside the CNN = step - CNN", step - cnn_s)]
+            ("outside the CNN, measured (the step without the CNN)", out_s),
+            ("  share outside = outside / (outside + CNN alone)", None, out_s / (out_s + cnn_s)),
+            ("  check: step - CNN alone", step - cnn_s)]
     rows += [(k, per_part[k]) for k in STEP_BLOCKS if k in per_part]
     rows += [("  of which " + k, v) for k, v in sorted(per_part.items(), key=lambda kv: -kv[1]) if k not in STEP_BLOCKS]
     return rows
 
 
-def print_table(spec: str, rows: list[tuple[str, float]]) -> None:
+def print_table(spec: str, rows: list[tuple]) -> None:
+    """rows: (name, seconds) with the share of the whole step, or (name, None, share)."""
     step = rows[0][1]
     print(f"\n{spec}  (net:stages:batch:points[:checkpoint])")
     print(f"{'part':<58}{'seconds':>10}{'share':>9}")
-    for name, sec in rows:
-        print(f"{name:<58}{sec:>10.3f}{100 * sec / step:>8.1f}%")
+    for name, sec, *share in rows:
+        if sec is None:
+            print(f"{name:<58}{'':>10}{100 * share[0]:>8.1f}%")
+        else:
+            print(f"{name:<58}{sec:>10.3f}{100 * sec / step:>8.1f}%")
 
 
 def main(argv: list[str]) -> int:

@@ -120,7 +120,8 @@ def main(argv: list[str]) -> int:
     for k, v in results["parity"].items():
         print(f"  {k:<36}{v}")
     spec = "tiny:2:8:256" if a.quick else "resnet18:2:32:2048"
-    results["step"] = {m: [(n, s) for n, s in rows] for m, rows in step_breakdowns(a.device, spec, 2 if a.quick else 3).items()}
+    breakdowns = step_breakdowns(a.device, spec, 2 if a.quick else 3)
+    results["step"] = {m: [tuple(r) for r in rows] for m, rows in breakdowns.items()}
     results["run"] = finetune_run(a.device, "tiny" if a.quick else "resnet18", 10 if a.quick else 100)
     print("\nfine-tuning run:", json.dumps(results["run"]))
     results["seconds"] = round(time.time() - t0, 1)
