@@ -32,6 +32,7 @@ Load average before / after is printed: run it alone on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -96,6 +97,15 @@ class PartTimer:
                 self.sync()
                 self.seconds[part] += time.perf_counter() - t0
         setattr(owner, name, timed)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Wrapped functions called inside are not counted (as if nested in another part)."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def block(self, part: str):
         timer = self
@@ -170,10 +180,8 @@ class OutsideOnly(torch.nn.Module):
         from models.dual_branch import StageOutput, encode_joints
         self.timer.sync()
         t0 = time.perf_counter()
-        self.timer.depth += 1
-        with torch.no_grad():
+        with self.timer.paused(), torch.no_grad():
             outs = self.model(depth, center, cube, K_crop)
-        self.timer.depth -= 1
         self.timer.sync()
         self.excluded += time.perf_counter() - t0
         leaves = [(o.maps.detach().clone().requires_grad_(), o.params.detach().clone().requires_grad_()) for o in outs]
@@ -223,24 +231,22 @@ def bench(spec: str, iters: int, device: torch.device) -> list[tuple]:
     cnn_step(parts, x_cnn, device)
     timer.seconds.clear()
     for _ in range(iters):      # the three timings interleaved, so that drift of the machine hits each
-        timer.depth += 1                                 # its rendering is not part of the step
-        x = real_like(parts[5], int(batch), gen, device, parts[0])
-        timer.depth -= 1
+        with timer.paused():                             # its rendering is not part of the step
+            x = real_like(parts[5], int(batch), gen, device, parts[0])
         timer.sync()
         t0 = time.perf_counter()
         one_step(parts, timer, gen, point_gen, device, x)
         timer.sync()
         steps.append(time.perf_counter() - t0)
-        timer.depth += 1
-        t0 = time.perf_counter()
-        cnn_step(parts, x_cnn, device)
-        timer.sync()
-        cnn.append(time.perf_counter() - t0)
-        null.excluded, t0 = 0.0, time.perf_counter()
-        one_step(parts, quiet, gen, point_gen, device, x, net=null)
-        timer.sync()
-        outside.append(time.perf_counter() - t0 - null.excluded)
-        timer.depth -= 1
+        with timer.paused():
+            t0 = time.perf_counter()
+            cnn_step(parts, x_cnn, device)
+            timer.sync()
+            cnn.append(time.perf_counter() - t0)
+            null.excluded, t0 = 0.0, time.perf_counter()
+            one_step(parts, quiet, gen, point_gen, device, x, net=null)
+            timer.sync()
+            outside.append(time.perf_counter() - t0 - null.excluded)
     per_part = {k: v / iters for k, v in timer.seconds.items()}
     step, cnn_s, out_s = min(steps), min(cnn), min(outside)
     rows = [("whole step", step), ("CNN alone (both batches, fwd + bwd + AdamW)", cnn_s),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hand.skeleton import BONE_CHILD, TIP_PARENTS
+from hand.skeleton import BONE_CHILD, NUM_JOINTS, TIP_PARENTS
 from losses.fitting import mm_to_nu
 
 NUM_SPHERES = 66
@@ -74,20 +74,23 @@ def palm_radius(wrist_radius: Tensor, cube: Tensor, offset_mm: float, min_mm: fl
     return torch.minimum(torch.maximum(wrist_radius - mm_to_nu(offset_mm, cube), lo), hi)
 
 
-def _sphere_layout() -> tuple[Tensor, Tensor, Tensor]:
-    """Each sphere i as a point of a segment: (start joint (66,), end joint (66,), t (66,)); the
-    wrist sphere is joint 0 with t = 0, and index 21 stands for the palm-line radius r_w."""
+def _sphere_layout() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each sphere i as a point of a segment: start joint a, end joint b, t (all (66,)) and the
+    column of its start radius (a, or 21 = the palm-line radius r_w for the wrist and palm spheres);
+    the wrist sphere is joint 0 with t = 0."""
     start, end, t = [0], [0], [0.0]
     for e in PALM_LINE_ENDS:
         for ti in PALM_LINE_T:
-            start, end, t = start + [0], end + [e], t + [ti]
+            start.append(0), end.append(e), t.append(ti)
     for b, child in enumerate(BONE_CHILD):
         for ti in BONE_T:
-            start, end, t = start + [b + 1], end + [child], t + [ti]
-    return torch.tensor(start), torch.tensor(end), torch.tensor(t, dtype=torch.float64)
+            start.append(b + 1), end.append(child), t.append(ti)
+    radius_start = [NUM_JOINTS if a == 0 else a for a in start]
+    return (torch.tensor(start), torch.tensor(end), torch.tensor(t, dtype=torch.float64),
+            torch.tensor(radius_start))
 
 
-SPHERE_START, SPHERE_END, SPHERE_T = _sphere_layout()
+SPHERE_START, SPHERE_END, SPHERE_T, SPHERE_RADIUS_START = _sphere_layout()
 
 
 def build_spheres(centre_joints: Tensor, radii: Tensor, wrist_end_radius: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,12 +101,11 @@ def build_spheres(centre_joints: Tensor, radii: Tensor, wrist_end_radius: Tensor
     wrist_end_radius (B,) = r_w.  Returns centres (B, 66, 3), radii (B, 66).
     """
     dev = centre_joints.device
-    a, b = SPHERE_START.to(dev), SPHERE_END.to(dev)
+    a, b, a_r = SPHERE_START.to(dev), SPHERE_END.to(dev), SPHERE_RADIUS_START.to(dev)
     t = SPHERE_T.to(device=dev, dtype=centre_joints.dtype)
     J = centre_joints
     centres = J[:, a] + t[:, None] * (J[:, b] - J[:, a])
-    r = torch.cat([radii, wrist_end_radius[:, None]], dim=1)                   # column 21: r_w
-    a_r = torch.where(a == 0, torch.full_like(a, 21), a)                        # palm lines start at r_w
+    r = torch.cat([radii, wrist_end_radius[:, None]], dim=1)                   # column NUM_JOINTS: r_w
     return centres, r[:, a_r] + t.to(r.dtype) * (r[:, b] - r[:, a_r])
 
 

@@ -17,7 +17,8 @@
   every face's sphere it picks the same faces; the part-aware search, whose clusters are also
   filtered by the part's faces, is ~2.5x faster, the plain one about as fast (bench/bench_render.py).
   Points are processed in chunks of `chunk_size` (default 8192: ~100 MiB at 32 x 2048 points), so
-  memory is O(chunk_size * F / CLUSTER_SIZE) + O(candidate pairs).  The part-aware search (7.3) is the same pass with a label -> allowed-faces table.
+  memory is O(chunk_size * F / CLUSTER_SIZE) + O(candidate pairs).
+  The part-aware search (7.3) is the same pass with a label -> allowed-faces table.
 """
 from __future__ import annotations
 
@@ -153,8 +154,9 @@ def nearest_face(p: Tensor, verts: Tensor, faces: Tensor, chunk_size: int, label
     nrm = torch.where(nn > 1e-2 * rad[..., None] ** 2, n / nn.clamp(min=1e-30), torch.zeros_like(n))
     tol = 1e-5 * verts.abs().amax().item() + 1e-30
     groups = face_clusters(cen[0], faces)                                   # (K, G) face ids
-    g_cen = cen[:, groups].mean(2)                                          # (B, K, 3)
-    g_rad = ((cen[:, groups] - g_cen[:, :, None]).norm(dim=-1) + rad[:, groups]).amax(-1)  # (B, K)
+    g_faces = cen[:, groups]                                                # (B, K, G, 3)
+    g_cen = g_faces.mean(2)                                                 # (B, K, 3)
+    g_rad = ((g_faces - g_cen[:, :, None]).norm(dim=-1) + rad[:, groups]).amax(-1)  # (B, K)
     soa = (*cen.reshape(B * F, 3).unbind(-1), *nrm.reshape(B * F, 3).unbind(-1), rad.reshape(-1))
     mesh = dict(tri=tri.reshape(B * F, 3, 3), cen=cen.reshape(B * F, 3), face_soa=[x.contiguous() for x in soa],
                 groups=groups, g_cen=g_cen, g_rad=g_rad, F=F)
